@@ -1,0 +1,48 @@
+-- Enqueue from any language, inside the caller's transaction. The NOTIFY that wakes workers
+-- comes from the statement-level trigger (0005), so it is delivered on commit.
+CREATE OR REPLACE FUNCTION lettuce.enqueue(
+    kind         text,
+    payload      jsonb       DEFAULT '{}',
+    queue        text        DEFAULT 'default',
+    priority     int         DEFAULT 0,
+    run_at       timestamptz DEFAULT now(),
+    max_attempts int         DEFAULT 5,
+    unique_key   text        DEFAULT NULL,
+    traceparent  text        DEFAULT NULL
+) RETURNS bigint LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    new_id bigint;
+BEGIN
+    IF enqueue.kind IS NULL OR enqueue.kind = '' THEN
+        RAISE EXCEPTION 'lettuce.enqueue: kind is required';
+    END IF;
+    IF enqueue.priority IS NULL OR enqueue.priority NOT BETWEEN -32768 AND 32767 THEN
+        RAISE EXCEPTION 'lettuce.enqueue: priority must be between -32768 and 32767';
+    END IF;
+    IF enqueue.max_attempts IS NULL OR enqueue.max_attempts < 1 THEN
+        RAISE EXCEPTION 'lettuce.enqueue: max_attempts must be at least 1';
+    END IF;
+    LOOP
+        INSERT INTO lettuce.jobs (kind, payload, queue, priority, run_at, max_attempts, unique_key, traceparent, state)
+        VALUES (enqueue.kind, coalesce(enqueue.payload, '{}'), coalesce(enqueue.queue, 'default'),
+                enqueue.priority, coalesce(enqueue.run_at, now()), enqueue.max_attempts,
+                enqueue.unique_key, enqueue.traceparent,
+                CASE WHEN coalesce(enqueue.run_at, now()) > now() THEN 'scheduled' ELSE 'available' END)
+        ON CONFLICT (kind, unique_key)
+            WHERE unique_key IS NOT NULL AND state IN ('available', 'scheduled', 'running', 'retryable')
+            DO NOTHING
+        RETURNING id INTO new_id;
+        IF new_id IS NOT NULL THEN
+            RETURN new_id;
+        END IF;
+        SELECT j.id INTO new_id FROM lettuce.jobs j
+         WHERE j.kind = enqueue.kind AND j.unique_key = enqueue.unique_key
+           AND j.state IN ('available', 'scheduled', 'running', 'retryable');
+        IF new_id IS NOT NULL THEN
+            RETURN new_id;
+        END IF;
+        -- The conflicting job finished between the two statements: try the insert again.
+    END LOOP;
+END
+$$

@@ -1,0 +1,141 @@
+//! The command line: a closed set of commands, each a thin layer over the library. Only this
+//! module and `main.rs` print to stdout.
+
+mod check_config;
+mod enqueue;
+mod healthcheck;
+mod init;
+mod jobs;
+mod license;
+mod schema;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::boot::BootError;
+use crate::config::{Config, Env, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "worker",
+    version,
+    about = "The background worker of self-hosted Lettuce"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot gates, schema, then work jobs until SIGTERM/SIGINT (the default)
+    Run,
+    /// Run every boot gate and live probe, start nothing; exit 0 when no check fails
+    CheckConfig(check_config::Args),
+    /// Enqueue one job and print its id
+    Enqueue(enqueue::Args),
+    /// Inspect and steer jobs
+    Jobs {
+        #[command(subcommand)]
+        command: jobs::Command,
+    },
+    /// Print or apply the embedded schema statement list
+    Schema {
+        #[command(subcommand)]
+        command: schema::Command,
+    },
+    /// Vendor and dev tooling for license keys and tokens
+    License {
+        #[command(subcommand)]
+        command: license::Command,
+    },
+    /// The lettuce-init quick start: verify a license key and write .env, compose file, public key
+    Init(init::Args),
+    /// Exit 0 when the local worker's /healthz answers 200 (for Docker HEALTHCHECK)
+    Healthcheck,
+}
+
+/// Runs the parsed command with the given environment and returns the exit code.
+pub async fn dispatch(cli: Cli, env: Env) -> ExitCode {
+    let command = cli.command.unwrap_or(Command::Run);
+    // Commands that need no configuration.
+    match command {
+        Command::License { command } => return license::run(command, &env),
+        Command::Init(args) => return init::run(args, &env),
+        Command::Schema {
+            command: schema::Command::Print,
+        } => {
+            print!("{}", crate::db::schema::script());
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+    let config = match Config::load(&env) {
+        Ok(c) => c,
+        Err(e) => {
+            crate::telemetry::init_logging(log_format_hint(&env));
+            return fail(&BootError::Config(e).to_string(), 2);
+        }
+    };
+    crate::telemetry::init_logging(config.log_format);
+    match command {
+        Command::Run => run(config).await,
+        Command::CheckConfig(args) => check_config::run(args, config, &env).await,
+        Command::Enqueue(args) => enqueue::run(args, config).await,
+        Command::Jobs { command } => jobs::run(command, config).await,
+        Command::Schema { command } => schema::run(command, config).await,
+        Command::Healthcheck => healthcheck::run(&config).await,
+        Command::License { .. } | Command::Init(_) => unreachable!("handled above"),
+    }
+}
+
+/// `LETTUCE_LOG_FORMAT` as far as it can be read when the configuration did not load.
+fn log_format_hint(env: &Env) -> LogFormat {
+    match env
+        .get("LETTUCE_LOG_FORMAT")
+        .map(|s| s.to_ascii_lowercase())
+    {
+        Some(s) if s == "json" => LogFormat::Json,
+        _ => LogFormat::Human,
+    }
+}
+
+/// Prints the error as the last line on stderr and returns its exit code.
+pub(crate) fn fail(message: &str, code: u8) -> ExitCode {
+    eprintln!("{message}");
+    ExitCode::from(code)
+}
+
+async fn run(config: Config) -> ExitCode {
+    let registry = crate::handlers::registry_for(&config);
+    match crate::boot::run(config, registry, shutdown_signal(), |_| {}).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "worker stopped with an error");
+            fail(&e.to_string(), e.exit_code())
+        }
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// Connects for a one-shot command and makes sure the schema is there.
+pub(crate) async fn connect_for_command(config: &Config) -> Result<crate::db::DbPool, ExitCode> {
+    let pool = crate::boot::connect(config)
+        .await
+        .map_err(|e| fail(&e.to_string(), e.exit_code()))?;
+    crate::boot::schema(&pool)
+        .await
+        .map_err(|e| fail(&e.to_string(), e.exit_code()))?;
+    Ok(pool)
+}

@@ -1,0 +1,40 @@
+//! `worker schema print|apply`.
+
+use std::process::ExitCode;
+
+use super::fail;
+use crate::config::Config;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Print the embedded statement list
+    Print,
+    /// Apply the statement list (under the advisory lock) and exit
+    Apply,
+}
+
+pub async fn run(command: Command, config: Config) -> ExitCode {
+    match command {
+        Command::Print => {
+            print!("{}", crate::db::schema::script());
+            ExitCode::SUCCESS
+        }
+        Command::Apply => {
+            let pool = match crate::boot::connect(&config).await {
+                Ok(p) => p,
+                Err(e) => return fail(&e.to_string(), e.exit_code()),
+            };
+            match crate::db::schema::apply(&pool, true).await {
+                Ok(_) => {
+                    println!(
+                        "schema applied ({} statements, digest {})",
+                        crate::db::schema::STATEMENTS.len(),
+                        crate::db::schema::digest()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&format!("SchemaError: {e}"), 6),
+            }
+        }
+    }
+}

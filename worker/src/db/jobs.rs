@@ -1,0 +1,637 @@
+//! Every statement that touches `lettuce.jobs`, one function each.
+//!
+//! Writes on behalf of a running attempt (completion, heartbeat) are fenced on
+//! `(id, attempt, locked_by)` and `state = 'running'`: a worker whose job was rescued, cancelled
+//! or handed to another worker cannot overwrite what happened since.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+use time::OffsetDateTime;
+use tokio_postgres::GenericClient;
+
+use super::{DbError, DbPool};
+
+/// Postgres NOTIFY channel; the payload is the queue name.
+pub const CHANNEL: &str = "lettuce_jobs";
+
+/// A job to enqueue through the Rust API.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub kind: String,
+    pub payload: Value,
+    pub queue: String,
+    pub priority: i16,
+    /// `None` runs as soon as possible.
+    pub run_at: Option<OffsetDateTime>,
+    pub max_attempts: i32,
+    pub unique_key: Option<String>,
+    /// W3C trace context of the enqueuer, so the job span can be its child.
+    pub traceparent: Option<String>,
+}
+
+impl NewJob {
+    /// A job of `kind` with `payload` and the SPEC's defaults for everything else.
+    pub fn new(kind: impl Into<String>, payload: Value) -> Self {
+        NewJob {
+            kind: kind.into(),
+            payload,
+            queue: "default".into(),
+            priority: 0,
+            run_at: None,
+            max_attempts: 5,
+            unique_key: None,
+            traceparent: None,
+        }
+    }
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = queue.into();
+        self
+    }
+    pub fn priority(mut self, priority: i16) -> Self {
+        self.priority = priority;
+        self
+    }
+    pub fn run_at(mut self, at: OffsetDateTime) -> Self {
+        self.run_at = Some(at);
+        self
+    }
+    pub fn max_attempts(mut self, n: i32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+    pub fn unique_key(mut self, key: impl Into<String>) -> Self {
+        self.unique_key = Some(key.into());
+        self
+    }
+    pub fn traceparent(mut self, tp: impl Into<String>) -> Self {
+        self.traceparent = Some(tp.into());
+        self
+    }
+}
+
+/// Enqueues one job inside the caller's transaction (or autocommit client) via
+/// `lettuce.enqueue`, returning its id (or the existing id for a duplicate unique key).
+pub async fn enqueue(client: &impl GenericClient, job: &NewJob) -> Result<i64, DbError> {
+    let row = client
+        .query_one(
+            "SELECT lettuce.enqueue($1, $2, $3, $4::int, coalesce($5, now()), $6, $7, $8)",
+            &[
+                &job.kind,
+                &job.payload,
+                &job.queue,
+                &(job.priority as i32),
+                &job.run_at,
+                &job.max_attempts,
+                &job.unique_key,
+                &job.traceparent,
+            ],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Enqueues many jobs in two statements at most, inside the caller's transaction. Returns the
+/// ids in input order. Jobs without a unique key go through one multi-row `INSERT … unnest`;
+/// jobs with one go through `lettuce.enqueue` so the unique rule is applied row by row.
+pub async fn enqueue_many(
+    client: &impl GenericClient,
+    jobs: &[NewJob],
+) -> Result<Vec<i64>, DbError> {
+    let mut ids = vec![0i64; jobs.len()];
+    let (plain, unique): (Vec<usize>, Vec<usize>) =
+        (0..jobs.len()).partition(|&i| jobs[i].unique_key.is_none());
+    for (positions, with_unique) in [(plain, false), (unique, true)] {
+        if positions.is_empty() {
+            continue;
+        }
+        let pick =
+            |f: &dyn Fn(&NewJob) -> _| positions.iter().map(|&i| f(&jobs[i])).collect::<Vec<_>>();
+        let kinds: Vec<String> = pick(&|j| j.kind.clone());
+        let payloads: Vec<Value> = positions.iter().map(|&i| jobs[i].payload.clone()).collect();
+        let queues: Vec<String> = positions.iter().map(|&i| jobs[i].queue.clone()).collect();
+        let priorities: Vec<i16> = positions.iter().map(|&i| jobs[i].priority).collect();
+        let run_ats: Vec<Option<OffsetDateTime>> =
+            positions.iter().map(|&i| jobs[i].run_at).collect();
+        let max_attempts: Vec<i32> = positions.iter().map(|&i| jobs[i].max_attempts).collect();
+        let unique_keys: Vec<Option<String>> = positions
+            .iter()
+            .map(|&i| jobs[i].unique_key.clone())
+            .collect();
+        let traceparents: Vec<Option<String>> = positions
+            .iter()
+            .map(|&i| jobs[i].traceparent.clone())
+            .collect();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+            &kinds,
+            &payloads,
+            &queues,
+            &priorities,
+            &run_ats,
+            &max_attempts,
+            &unique_keys,
+            &traceparents,
+        ];
+        let rows = if with_unique {
+            client
+                .query(
+                    "SELECT u.ord, lettuce.enqueue(u.kind, u.payload, u.queue, u.priority::int,
+                                                   coalesce(u.run_at, now()), u.max_attempts, u.unique_key, u.traceparent)
+                       FROM unnest($1::text[], $2::jsonb[], $3::text[], $4::int2[], $5::timestamptz[],
+                                   $6::int4[], $7::text[], $8::text[])
+                            WITH ORDINALITY AS u(kind, payload, queue, priority, run_at, max_attempts, unique_key, traceparent, ord)
+                      ORDER BY u.ord",
+                    &params,
+                )
+                .await?
+        } else {
+            client
+                .query(
+                    "INSERT INTO lettuce.jobs (kind, payload, queue, priority, run_at, max_attempts, traceparent, state)
+                     SELECT u.kind, u.payload, u.queue, u.priority, coalesce(u.run_at, now()), u.max_attempts, u.traceparent,
+                            CASE WHEN u.run_at > now() THEN 'scheduled' ELSE 'available' END
+                       FROM unnest($1::text[], $2::jsonb[], $3::text[], $4::int2[], $5::timestamptz[],
+                                   $6::int4[], $7::text[], $8::text[])
+                            WITH ORDINALITY AS u(kind, payload, queue, priority, run_at, max_attempts, unique_key, traceparent, ord)
+                      ORDER BY u.ord
+                     RETURNING id",
+                    &params,
+                )
+                .await?
+        };
+        if with_unique {
+            for row in rows {
+                let ord: i64 = row.get(0);
+                ids[positions[(ord - 1) as usize]] = row.get(1);
+            }
+        } else {
+            // Identity values are drawn in the order rows are inserted, which is `ord` order.
+            let mut inserted: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+            inserted.sort_unstable();
+            for (slot, id) in positions.iter().zip(inserted) {
+                ids[*slot] = id;
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// One job claimed for one attempt.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub id: i64,
+    pub kind: String,
+    pub queue: String,
+    pub payload: Value,
+    pub priority: i16,
+    /// The attempt this claim started (1 for the first run).
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub run_at: OffsetDateTime,
+    pub attempted_at: OffsetDateTime,
+    pub traceparent: Option<String>,
+}
+
+const CLAIM_SQL: &str = "
+WITH c AS (
+    SELECT id FROM lettuce.jobs
+     WHERE state IN ('available', 'scheduled', 'retryable')
+       AND queue = $1 AND run_at <= now() AND kind = ANY($2)
+     ORDER BY priority, run_at, id
+     LIMIT $3
+     FOR UPDATE SKIP LOCKED
+)
+UPDATE lettuce.jobs j
+   SET state = 'running', attempt = j.attempt + 1, attempted_at = now(), locked_by = $4,
+       lease_expires_at = now() + $5 * interval '1 millisecond'
+  FROM c
+ WHERE j.id = c.id
+RETURNING j.id, j.kind, j.queue, j.payload, j.priority, j.attempt, j.max_attempts, j.run_at,
+          j.attempted_at, j.traceparent";
+
+/// Claims up to `limit` runnable jobs of `kinds` from `queue` in `priority, run_at, id` order,
+/// in one statement. Never more than the caller's free slots.
+pub async fn claim_batch(
+    pool: &DbPool,
+    queue: &str,
+    kinds: &[String],
+    limit: i64,
+    worker_id: &str,
+    lease: Duration,
+) -> Result<Vec<ClaimedJob>, DbError> {
+    let client = pool.get().await?;
+    let stmt = client.prepare_cached(CLAIM_SQL).await?;
+    let lease_ms = lease.as_millis() as f64;
+    let rows = client
+        .query(&stmt, &[&queue, &kinds, &limit, &worker_id, &lease_ms])
+        .await?;
+    let mut jobs: Vec<ClaimedJob> = rows
+        .iter()
+        .map(|r| ClaimedJob {
+            id: r.get(0),
+            kind: r.get(1),
+            queue: r.get(2),
+            payload: r.get(3),
+            priority: r.get(4),
+            attempt: r.get(5),
+            max_attempts: r.get(6),
+            run_at: r.get(7),
+            attempted_at: r.get(8),
+            traceparent: r.get(9),
+        })
+        .collect();
+    jobs.sort_by_key(|j| (j.priority, j.run_at, j.id));
+    Ok(jobs)
+}
+
+/// The row an outcome turns into, written by [`complete_batch`].
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub id: i64,
+    pub attempt: i32,
+    /// The new state: completed, retryable, discarded, scheduled, cancelled or available.
+    pub state: &'static str,
+    /// New `run_at` as a delay from the database's `now()`; `None` keeps it.
+    pub delay: Option<Duration>,
+    /// Appended to `errors` as `{attempt, at, error}` when present.
+    pub error: Option<String>,
+    /// Give the attempt back (snooze, hand-back on shutdown).
+    pub restore_attempt: bool,
+    /// The queue, for the wake-up NOTIFY when the job becomes available again.
+    pub queue: String,
+}
+
+/// An artifact row written in the same transaction as its job's completion.
+#[derive(Debug, Clone)]
+pub struct ArtifactRow {
+    pub job_id: i64,
+    pub key: String,
+    pub size: i64,
+    pub sha256: String,
+    pub etag: Option<String>,
+}
+
+const COMPLETE_SQL: &str = "
+UPDATE lettuce.jobs j
+   SET state = u.state,
+       attempt = CASE WHEN u.restore THEN j.attempt - 1 ELSE j.attempt END,
+       run_at = CASE WHEN u.delay_ms IS NULL THEN j.run_at ELSE now() + u.delay_ms * interval '1 millisecond' END,
+       finished_at = CASE WHEN u.state IN ('completed', 'discarded', 'cancelled') THEN now() END,
+       lease_expires_at = NULL,
+       errors = CASE WHEN u.error IS NULL THEN j.errors
+                     ELSE j.errors || jsonb_build_array(jsonb_build_object('attempt', j.attempt, 'at', now(), 'error', u.error)) END
+  FROM unnest($1::int8[], $2::int4[], $3::text[], $4::float8[], $5::text[], $6::bool[])
+       AS u(id, attempt, state, delay_ms, error, restore)
+ WHERE j.id = u.id AND j.attempt = u.attempt AND j.locked_by = $7 AND j.state = 'running'
+RETURNING j.id";
+
+/// Writes a batch of outcomes in one statement (plus artifact rows and a wake-up NOTIFY in the
+/// same transaction when needed). Returns the ids whose write was accepted; the others were
+/// fenced off (rescued, cancelled or reassigned since the claim).
+pub async fn complete_batch(
+    pool: &DbPool,
+    worker_id: &str,
+    batch: &[Completion],
+    artifacts: &[ArtifactRow],
+) -> Result<Vec<i64>, DbError> {
+    let mut client = pool.get().await?;
+    let ids: Vec<i64> = batch.iter().map(|c| c.id).collect();
+    let attempts: Vec<i32> = batch.iter().map(|c| c.attempt).collect();
+    let states: Vec<&str> = batch.iter().map(|c| c.state).collect();
+    let delays: Vec<Option<f64>> = batch
+        .iter()
+        .map(|c| c.delay.map(|d| d.as_millis() as f64))
+        .collect();
+    let errors: Vec<Option<&str>> = batch.iter().map(|c| c.error.as_deref()).collect();
+    let restores: Vec<bool> = batch.iter().map(|c| c.restore_attempt).collect();
+    let mut wake: Vec<&str> = batch
+        .iter()
+        .filter(|c| c.state == "available")
+        .map(|c| c.queue.as_str())
+        .collect();
+    wake.sort_unstable();
+    wake.dedup();
+    let needs_tx = !artifacts.is_empty() || !wake.is_empty();
+    let stmt = client.prepare_cached(COMPLETE_SQL).await?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+        &ids, &attempts, &states, &delays, &errors, &restores, &worker_id,
+    ];
+    if !needs_tx {
+        let rows = client.query(&stmt, &params).await?;
+        return Ok(rows.iter().map(|r| r.get(0)).collect());
+    }
+    let tx = client.transaction().await?;
+    let rows = tx.query(&stmt, &params).await?;
+    let accepted: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    let kept: Vec<&ArtifactRow> = artifacts
+        .iter()
+        .filter(|a| accepted.contains(&a.job_id))
+        .collect();
+    if !kept.is_empty() {
+        let job_ids: Vec<i64> = kept.iter().map(|a| a.job_id).collect();
+        let keys: Vec<&str> = kept.iter().map(|a| a.key.as_str()).collect();
+        let sizes: Vec<i64> = kept.iter().map(|a| a.size).collect();
+        let shas: Vec<&str> = kept.iter().map(|a| a.sha256.as_str()).collect();
+        let etags: Vec<Option<&str>> = kept.iter().map(|a| a.etag.as_deref()).collect();
+        tx.execute(
+            "INSERT INTO lettuce.job_artifacts (job_id, key, size, sha256, etag)
+             SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[], $4::text[], $5::text[])
+             ON CONFLICT (job_id, key) DO UPDATE SET size = excluded.size, sha256 = excluded.sha256, etag = excluded.etag",
+            &[&job_ids, &keys, &sizes, &shas, &etags],
+        )
+        .await?;
+    }
+    for queue in wake {
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &queue])
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(accepted)
+}
+
+/// Extends the leases of this worker's running attempts and refreshes its presence row, in one
+/// statement. Returns the ids still held; any other id was lost (rescued or cancelled).
+pub async fn heartbeat(
+    pool: &DbPool,
+    worker: &super::workers::WorkerRow,
+    held: &[(i64, i32)],
+    lease: Duration,
+) -> Result<Vec<i64>, DbError> {
+    let client = pool.get().await?;
+    let ids: Vec<i64> = held.iter().map(|h| h.0).collect();
+    let attempts: Vec<i32> = held.iter().map(|h| h.1).collect();
+    let lease_ms = lease.as_millis() as f64;
+    let stmt = client
+        .prepare_cached(
+            "WITH w AS (
+                 INSERT INTO lettuce.workers (id, hostname, pid, version, queues)
+                 VALUES ($4, $5, $6, $7, $8)
+                 ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
+             )
+             UPDATE lettuce.jobs j SET lease_expires_at = now() + $3 * interval '1 millisecond'
+               FROM unnest($1::int8[], $2::int4[]) AS u(id, attempt)
+              WHERE j.id = u.id AND j.attempt = u.attempt AND j.locked_by = $4 AND j.state = 'running'
+             RETURNING j.id",
+        )
+        .await?;
+    let rows = client
+        .query(
+            &stmt,
+            &[
+                &ids,
+                &attempts,
+                &lease_ms,
+                &worker.id,
+                &worker.hostname,
+                &worker.pid,
+                &worker.version,
+                &worker.queues,
+            ],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// A job whose lease expired and was taken back from a presumed-dead worker.
+#[derive(Debug, Clone)]
+pub struct Rescued {
+    pub id: i64,
+    pub state: String,
+    pub locked_by: Option<String>,
+}
+
+/// Rescues up to `limit` running jobs whose lease expired: `retryable` (run now), or `discarded`
+/// when no attempt is left, with an error naming the presumed-dead worker. Wakes their queues.
+pub async fn rescue_expired(pool: &DbPool, limit: i64) -> Result<Vec<Rescued>, DbError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "WITH expired AS (
+                 SELECT id FROM lettuce.jobs
+                  WHERE state = 'running' AND lease_expires_at < now()
+                  ORDER BY lease_expires_at
+                  LIMIT $1
+                  FOR UPDATE SKIP LOCKED
+             ), rescued AS (
+                 UPDATE lettuce.jobs j
+                    SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'discarded' ELSE 'retryable' END,
+                        finished_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END,
+                        run_at = now(),
+                        lease_expires_at = NULL,
+                        errors = j.errors || jsonb_build_array(jsonb_build_object(
+                            'attempt', j.attempt, 'at', now(),
+                            'error', 'lease expired: worker ' || coalesce(j.locked_by, '(unknown)') || ' presumed dead'))
+                   FROM expired
+                  WHERE j.id = expired.id
+                 RETURNING j.id, j.state, j.locked_by, j.queue
+             )
+             SELECT id, state, locked_by,
+                    CASE WHEN state = 'retryable' THEN pg_notify('lettuce_jobs', queue) END
+               FROM rescued",
+            &[&limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Rescued {
+            id: r.get(0),
+            state: r.get(1),
+            locked_by: r.get(2),
+        })
+        .collect())
+}
+
+/// Deletes up to `limit` finished jobs older than their retention. Returns how many went.
+pub async fn prune(
+    pool: &DbPool,
+    retention: &crate::config::Retention,
+    limit: i64,
+) -> Result<u64, DbError> {
+    let client = pool.get().await?;
+    let ms = |d: Duration| d.as_millis() as f64;
+    let n = client
+        .execute(
+            "WITH doomed AS (
+                 SELECT id FROM lettuce.jobs
+                  WHERE state IN ('completed', 'discarded', 'cancelled')
+                    AND finished_at < now() - CASE state WHEN 'completed' THEN $1 WHEN 'discarded' THEN $2 ELSE $3 END
+                                              * interval '1 millisecond'
+                  LIMIT $4
+                  FOR UPDATE SKIP LOCKED
+             )
+             DELETE FROM lettuce.jobs j USING doomed WHERE j.id = doomed.id",
+            &[&ms(retention.completed), &ms(retention.discarded), &ms(retention.cancelled), &limit],
+        )
+        .await?;
+    Ok(n)
+}
+
+/// A whole job row, for the CLI.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobRow {
+    pub id: i64,
+    pub kind: String,
+    pub queue: String,
+    pub payload: Value,
+    pub priority: i16,
+    pub state: String,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub run_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub attempted_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+    pub locked_by: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub lease_expires_at: Option<OffsetDateTime>,
+    pub errors: Value,
+    pub unique_key: Option<String>,
+    pub traceparent: Option<String>,
+}
+
+const JOB_COLUMNS: &str =
+    "id, kind, queue, payload, priority, state, attempt, max_attempts, run_at, created_at,
+    attempted_at, finished_at, locked_by, lease_expires_at, errors, unique_key, traceparent";
+
+fn job_row(r: &tokio_postgres::Row) -> JobRow {
+    JobRow {
+        id: r.get(0),
+        kind: r.get(1),
+        queue: r.get(2),
+        payload: r.get(3),
+        priority: r.get(4),
+        state: r.get(5),
+        attempt: r.get(6),
+        max_attempts: r.get(7),
+        run_at: r.get(8),
+        created_at: r.get(9),
+        attempted_at: r.get(10),
+        finished_at: r.get(11),
+        locked_by: r.get(12),
+        lease_expires_at: r.get(13),
+        errors: r.get(14),
+        unique_key: r.get(15),
+        traceparent: r.get(16),
+    }
+}
+
+/// One job by id.
+pub async fn get(client: &impl GenericClient, id: i64) -> Result<Option<JobRow>, DbError> {
+    let row = client
+        .query_opt(
+            &format!("SELECT {JOB_COLUMNS} FROM lettuce.jobs WHERE id = $1"),
+            &[&id],
+        )
+        .await?;
+    Ok(row.as_ref().map(job_row))
+}
+
+/// Filters for [`list`]; `None` matches everything.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub state: Option<String>,
+    pub kind: Option<String>,
+    pub queue: Option<String>,
+    pub limit: i64,
+}
+
+/// Newest jobs first, filtered.
+pub async fn list(client: &impl GenericClient, f: &ListFilter) -> Result<Vec<JobRow>, DbError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {JOB_COLUMNS} FROM lettuce.jobs
+                  WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR kind = $2)
+                    AND ($3::text IS NULL OR queue = $3)
+                  ORDER BY id DESC LIMIT $4"
+            ),
+            &[&f.state, &f.kind, &f.queue, &f.limit],
+        )
+        .await?;
+    Ok(rows.iter().map(job_row).collect())
+}
+
+/// Why a retry or cancel did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum SteerError {
+    #[error("job {0} not found")]
+    NotFound(i64),
+    #[error("job {id} is {state}; {action} applies to {allowed}")]
+    WrongState {
+        id: i64,
+        state: String,
+        action: &'static str,
+        allowed: &'static str,
+    },
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Makes a finished or waiting job available now, granting one more attempt when all were used.
+pub async fn retry(client: &impl GenericClient, id: i64) -> Result<JobRow, SteerError> {
+    let row = client
+        .query_opt(
+            &format!(
+                "WITH r AS (
+                     UPDATE lettuce.jobs SET state = 'available', run_at = now(), finished_at = NULL,
+                            max_attempts = greatest(max_attempts, attempt + 1)
+                      WHERE id = $1 AND state IN ('scheduled', 'retryable', 'completed', 'discarded', 'cancelled')
+                     RETURNING *
+                 )
+                 SELECT {JOB_COLUMNS}, pg_notify('lettuce_jobs', queue) FROM r"
+            ),
+            &[&id],
+        )
+        .await
+        .map_err(DbError::from)?;
+    match row {
+        Some(r) => Ok(job_row(&r)),
+        None => Err(match get(client, id).await? {
+            None => SteerError::NotFound(id),
+            Some(j) => SteerError::WrongState {
+                id,
+                state: j.state,
+                action: "retry",
+                allowed: "scheduled, retryable, completed, discarded and cancelled jobs",
+            },
+        }),
+    }
+}
+
+/// Cancels a job that has not finished. A running attempt loses its lease at the worker's next
+/// heartbeat and its late completion is fenced off.
+pub async fn cancel(
+    client: &impl GenericClient,
+    id: i64,
+    reason: &str,
+) -> Result<JobRow, SteerError> {
+    let row = client
+        .query_opt(
+            &format!(
+                "UPDATE lettuce.jobs SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL,
+                        errors = errors || jsonb_build_array(jsonb_build_object('attempt', attempt, 'at', now(), 'error', $2::text))
+                  WHERE id = $1 AND state IN ('available', 'scheduled', 'retryable', 'running')
+                 RETURNING {JOB_COLUMNS}"
+            ),
+            &[&id, &reason],
+        )
+        .await
+        .map_err(DbError::from)?;
+    match row {
+        Some(r) => Ok(job_row(&r)),
+        None => Err(match get(client, id).await? {
+            None => SteerError::NotFound(id),
+            Some(j) => SteerError::WrongState {
+                id,
+                state: j.state,
+                action: "cancel",
+                allowed: "available, scheduled, retryable and running jobs",
+            },
+        }),
+    }
+}

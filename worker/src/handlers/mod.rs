@@ -1,0 +1,192 @@
+//! Handlers: one per job kind, with a typed payload. The runtime sees only the [`Registry`];
+//! handlers see only their [`JobContext`], never the pool or `lettuce.jobs`.
+//!
+//! A handler's error tells the runtime what to do next (`HandlerError`): retry with backoff,
+//! discard at once, snooze without using an attempt, or cancel.
+
+pub mod diag;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::DbPool;
+use crate::db::jobs::ArtifactRow;
+
+/// What a handler's failure asks of the runtime.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HandlerError {
+    /// Try again after backoff (or discard when attempts are spent).
+    #[error("{0}")]
+    Retryable(String),
+    /// Discard now; retrying cannot help (bad payload, license limit, …).
+    #[error("{0}")]
+    Permanent(String),
+    /// Not now: run again after the delay, without using an attempt.
+    #[error("snoozed for {0:?}")]
+    Snooze(Duration),
+    /// Stop this job for good, as `cancelled`.
+    #[error("{0}")]
+    Cancel(String),
+}
+
+/// Facts about the attempt being run.
+#[derive(Debug, Clone)]
+pub struct JobInfo {
+    pub id: i64,
+    pub kind: String,
+    pub queue: String,
+    /// 1 for the first attempt.
+    pub attempt: i32,
+    pub max_attempts: i32,
+    /// `locked_by` of this attempt.
+    pub worker_id: String,
+}
+
+/// Process-wide services handlers may use. Built once by the runtime.
+pub struct Services {
+    /// Used only through the narrow methods below, never handed to a handler.
+    pool: DbPool,
+}
+
+impl Services {
+    pub fn new(pool: DbPool) -> Self {
+        Services { pool }
+    }
+}
+
+/// Everything a handler gets besides its payload.
+#[derive(Clone)]
+pub struct JobContext {
+    pub job: JobInfo,
+    /// Cancelled when the attempt must stop (lease lost, shutdown past its grace).
+    pub cancel: CancellationToken,
+    services: Arc<Services>,
+    /// Artifacts this attempt produced; recorded with the completion.
+    artifacts: Arc<Mutex<Vec<ArtifactRow>>>,
+}
+
+impl JobContext {
+    pub fn new(job: JobInfo, cancel: CancellationToken, services: Arc<Services>) -> Self {
+        JobContext {
+            job,
+            cancel,
+            services,
+            artifacts: Arc::default(),
+        }
+    }
+
+    /// Records one execution in `lettuce.diag_executions` (diagnostic kinds only).
+    pub async fn record_diag_execution(&self) -> Result<i64, HandlerError> {
+        crate::db::diag::record_execution(&self.services.pool, &self.job)
+            .await
+            .map_err(|e| HandlerError::Retryable(e.to_string()))
+    }
+
+    /// Notes an artifact this attempt wrote, to be recorded when the job completes.
+    pub fn add_artifact(&self, row: ArtifactRow) {
+        self.artifacts.lock().expect("artifact list lock").push(row);
+    }
+
+    /// Takes the artifacts noted so far.
+    pub fn take_artifacts(&self) -> Vec<ArtifactRow> {
+        std::mem::take(&mut *self.artifacts.lock().expect("artifact list lock"))
+    }
+}
+
+/// A job kind's code.
+pub trait Handler: Send + Sync + 'static {
+    /// The kind name (`repo.index`, `diag.noop`).
+    const KIND: &'static str;
+    /// The payload's shape; a payload that does not deserialize discards the job at once.
+    type Payload: DeserializeOwned + Send + 'static;
+
+    /// The limit on one attempt; `None` uses `LETTUCE_JOB_TIMEOUT_MS`.
+    fn timeout(&self) -> Option<Duration> {
+        None
+    }
+
+    fn run(
+        &self,
+        ctx: JobContext,
+        payload: Self::Payload,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// A boxed attempt future.
+pub type AttemptFuture = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>;
+
+/// The type-erased face of a handler, as the runtime sees it.
+pub trait ErasedHandler: Send + Sync {
+    fn timeout(&self) -> Option<Duration>;
+    fn call(&self, ctx: JobContext, payload: Value) -> AttemptFuture;
+}
+
+struct Typed<H>(Arc<H>);
+
+impl<H: Handler> ErasedHandler for Typed<H> {
+    fn timeout(&self) -> Option<Duration> {
+        self.0.timeout()
+    }
+
+    fn call(&self, ctx: JobContext, payload: Value) -> AttemptFuture {
+        let handler = self.0.clone();
+        Box::pin(async move {
+            let payload: H::Payload = serde_json::from_value(payload).map_err(|e| {
+                HandlerError::Permanent(format!("payload does not match kind {}: {e}", H::KIND))
+            })?;
+            handler.run(ctx, payload).await
+        })
+    }
+}
+
+/// Kind name → handler. Built once at boot; the claim query asks only for these kinds.
+#[derive(Default, Clone)]
+pub struct Registry {
+    handlers: HashMap<String, Arc<dyn ErasedHandler>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Registry::default()
+    }
+
+    /// Registers `handler` for its kind. Registering a kind twice is a wiring bug.
+    pub fn register<H: Handler>(&mut self, handler: H) -> &mut Self {
+        let previous = self
+            .handlers
+            .insert(H::KIND.to_string(), Arc::new(Typed(Arc::new(handler))));
+        assert!(previous.is_none(), "job kind {} registered twice", H::KIND);
+        self
+    }
+
+    pub fn get(&self, kind: &str) -> Option<&Arc<dyn ErasedHandler>> {
+        self.handlers.get(kind)
+    }
+
+    /// The registered kinds, sorted.
+    pub fn kinds(&self) -> Vec<String> {
+        let mut k: Vec<String> = self.handlers.keys().cloned().collect();
+        k.sort();
+        k
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.handlers.is_empty()
+    }
+}
+
+/// The registry a `worker run` process uses for this configuration.
+pub fn registry_for(config: &crate::config::Config) -> Registry {
+    let mut r = Registry::new();
+    if config.diag_jobs {
+        diag::register(&mut r);
+    }
+    r
+}

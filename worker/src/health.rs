@@ -1,0 +1,72 @@
+//! Liveness and readiness as shared state: written by boot and the runtime, read by `/healthz`
+//! and `/readyz`.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::db::DbPool;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Booting,
+    Ready,
+    Draining,
+}
+
+/// Process readiness.
+#[derive(Debug)]
+pub struct Health {
+    phase: Mutex<Phase>,
+    pool: Mutex<Option<DbPool>>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            phase: Mutex::new(Phase::Booting),
+            pool: Mutex::new(None),
+        }
+    }
+}
+
+impl Health {
+    /// The pool `/readyz` probes.
+    pub fn set_pool(&self, pool: DbPool) {
+        *self.pool.lock().expect("health lock") = Some(pool);
+    }
+    /// Gates passed, schema applied, claiming has begun.
+    pub fn set_ready(&self) {
+        *self.phase.lock().expect("health lock") = Phase::Ready;
+    }
+    /// SIGTERM received: not ready any more.
+    pub fn set_draining(&self) {
+        *self.phase.lock().expect("health lock") = Phase::Draining;
+    }
+
+    /// `Ok(())` when ready, else the reason.
+    pub async fn readiness(&self) -> Result<(), String> {
+        let phase = *self.phase.lock().expect("health lock");
+        match phase {
+            Phase::Booting => return Err("booting: gates, database or schema not done yet".into()),
+            Phase::Draining => return Err("draining: shutting down".into()),
+            Phase::Ready => {}
+        }
+        let pool = self.pool.lock().expect("health lock").clone();
+        let Some(pool) = pool else {
+            return Err("no database pool".into());
+        };
+        let probe = async {
+            let client = pool.get().await.map_err(|e| e.to_string())?;
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<(), String>(())
+        };
+        match tokio::time::timeout(Duration::from_secs(2), probe).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("database unreachable: {e}")),
+            Err(_) => Err("database unreachable: no answer within 2s".into()),
+        }
+    }
+}

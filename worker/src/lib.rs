@@ -1,0 +1,21 @@
+//! The Lettuce worker: Postgres is the queue.
+//!
+//! Map (mirrors ARCHITECTURE.md): `config` loads and validates settings; `boot` runs the gates
+//! in order; `db` holds every SQL statement; `runtime` claims, runs and completes jobs;
+//! `handlers` are the job kinds; `http` and `health` answer probes; `telemetry` sets up
+//! logging; `cli` is the command line.
+
+pub mod boot;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod handlers;
+pub mod health;
+pub mod http;
+pub mod runtime;
+pub mod telemetry;
+
+/// This build's version, as reported in `lettuce.workers` and logs.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub use db::jobs::{NewJob, enqueue, enqueue_many};

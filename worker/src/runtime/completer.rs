@@ -1,0 +1,96 @@
+//! The only writer of outcomes. Collects finished attempts and writes them in batches (one
+//! `UPDATE … FROM unnest(…)` per batch), retrying transient database errors, then releases
+//! the attempts' slots. Writes are fenced; a refused write is logged as a late completion.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+
+use super::outcome::Outcome;
+use super::{Shared, jitter};
+use crate::db::jobs::{ArtifactRow, ClaimedJob, Completion};
+
+/// Largest batch written in one statement.
+const MAX_BATCH: usize = 1000;
+
+/// One attempt's outcome on its way to the database, holding its slot until written.
+pub(crate) struct Finished {
+    pub job: ClaimedJob,
+    pub outcome: Outcome,
+    /// Held until the outcome is written; dropping it frees the slot.
+    pub _slot: OwnedSemaphorePermit,
+}
+
+pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Finished>) {
+    let mut batch: Vec<Finished> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(f) => batch.push(f),
+                Err(_) => break,
+            }
+        }
+        write(&shared, &mut batch).await;
+    }
+}
+
+async fn write(shared: &Shared, batch: &mut Vec<Finished>) {
+    let completions: Vec<Completion> = batch
+        .iter()
+        .map(|f| f.outcome.completion(&f.job, &shared.policy, jitter()))
+        .collect();
+    let artifacts: Vec<ArtifactRow> = batch
+        .iter()
+        .flat_map(|f| match &f.outcome {
+            Outcome::Completed { artifacts } => artifacts.clone(),
+            _ => Vec::new(),
+        })
+        .collect();
+    let mut delay = Duration::from_millis(50);
+    let accepted = loop {
+        match crate::db::jobs::complete_batch(
+            &shared.pool,
+            &shared.worker.id,
+            &completions,
+            &artifacts,
+        )
+        .await
+        {
+            Ok(ids) => break ids,
+            Err(e) => {
+                tracing::warn!(error = %e, batch = completions.len(), "writing outcomes failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    };
+    let mut inflight = shared.inflight.lock().expect("inflight lock");
+    for (f, c) in batch.iter().zip(&completions) {
+        inflight.remove(&f.job.id);
+        if !accepted.contains(&f.job.id) {
+            shared
+                .stats
+                .refused_late_writes
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                job.id = f.job.id,
+                job.attempt = f.job.attempt,
+                outcome = f.outcome.label(),
+                "late completion refused: the job was rescued, cancelled or reassigned since this attempt began"
+            );
+            continue;
+        }
+        match c.state {
+            "completed" => shared.stats.completed.fetch_add(1, Ordering::Relaxed),
+            "available" => shared.stats.handed_back.fetch_add(1, Ordering::Relaxed),
+            "retryable" | "discarded" => shared.stats.failed.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+    }
+    drop(inflight);
+    // Dropping the batch releases the slots.
+    batch.clear();
+}

@@ -1,0 +1,111 @@
+//! Runs one attempt: the handler in its own task (so a panic is an outcome, not a crash),
+//! bounded by its timeout, cut short by cancellation. Hands the outcome to the completer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::completer::Finished;
+use super::outcome::Outcome;
+use super::{Held, Shared};
+use crate::db::jobs::ClaimedJob;
+use crate::handlers::{JobContext, JobInfo};
+
+pub(crate) fn spawn(shared: &Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
+    let cancel = shared.cancel_jobs.child_token();
+    let lost = Arc::new(AtomicBool::new(false));
+    shared.inflight.lock().expect("inflight lock").insert(
+        job.id,
+        Held {
+            attempt: job.attempt,
+            cancel: cancel.clone(),
+            lost: lost.clone(),
+        },
+    );
+    let s = shared.clone();
+    shared.executors.spawn(async move {
+        let outcome = run_attempt(&s, &job, cancel, &lost).await;
+        match outcome {
+            Some(outcome) => {
+                // The completer outlives every executor (see runtime::run), so this cannot fail
+                // except when the runtime is already torn down; then the lease expires and
+                // another worker rescues the job.
+                let _ = s.completions.send(Finished {
+                    job,
+                    outcome,
+                    _slot: permit,
+                });
+            }
+            None => {
+                s.inflight.lock().expect("inflight lock").remove(&job.id);
+                tracing::warn!(
+                    job.id = job.id,
+                    job.attempt = job.attempt,
+                    "attempt abandoned: lease lost (rescued or cancelled elsewhere)"
+                );
+            }
+        }
+    });
+}
+
+/// Runs the handler; `None` when the lease was lost (nothing may be written).
+async fn run_attempt(
+    shared: &Shared,
+    job: &ClaimedJob,
+    cancel: tokio_util::sync::CancellationToken,
+    lost: &AtomicBool,
+) -> Option<Outcome> {
+    let Some(handler) = shared.registry.get(&job.kind) else {
+        // Cannot happen: we only claim registered kinds. Treat as retryable to lose nothing.
+        return Some(Outcome::Retry {
+            error: format!("no handler for kind {} in this worker", job.kind),
+        });
+    };
+    let timeout = handler.timeout().unwrap_or(shared.config.job_timeout);
+    let ctx = JobContext::new(
+        JobInfo {
+            id: job.id,
+            kind: job.kind.clone(),
+            queue: job.queue.clone(),
+            attempt: job.attempt,
+            max_attempts: job.max_attempts,
+            worker_id: shared.worker.id.clone(),
+        },
+        cancel.clone(),
+        shared.services.clone(),
+    );
+    let mut task = tokio::spawn(handler.call(ctx.clone(), job.payload.clone()));
+    let outcome = tokio::select! {
+        joined = &mut task => match joined {
+            Ok(result) => Outcome::from_result(result, ctx.take_artifacts()),
+            Err(e) if e.is_panic() => Outcome::Retry { error: format!("panic: {}", panic_text(e.into_panic())) },
+            Err(e) => Outcome::Retry { error: format!("attempt aborted: {e}") },
+        },
+        _ = tokio::time::sleep(timeout) => {
+            task.abort();
+            Outcome::Retry { error: format!("timeout: attempt exceeded {} ms", timeout.as_millis()) }
+        }
+        _ = cancel.cancelled() => {
+            task.abort();
+            if lost.load(Ordering::Acquire) {
+                return None;
+            }
+            Outcome::HandBack
+        }
+    };
+    if let Outcome::Retry { error } | Outcome::Discard { error } = &outcome {
+        tracing::warn!(job.id = job.id, job.kind = %job.kind, job.attempt = job.attempt, error = %error, "attempt failed");
+    }
+    Some(outcome)
+}
+
+fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}

@@ -1,0 +1,117 @@
+//! The maintenance tasks every worker runs: the rescuer (expired leases), the pruner (finished
+//! jobs past retention) and the stale-worker sweep. Each statement uses `SKIP LOCKED` or is a
+//! plain idempotent delete, so running them on every replica is safe.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::Shared;
+use super::periodic::{PeriodicTask, drive};
+use crate::db;
+
+/// Rows one activation touches at most.
+const BATCH: i64 = 1000;
+
+pub(crate) fn spawn_all(tracker: &TaskTracker, shared: Arc<Shared>, stop: CancellationToken) {
+    tracker.spawn(drive(Rescuer(shared.clone()), stop.clone()));
+    tracker.spawn(drive(Pruner(shared.clone()), stop.clone()));
+    tracker.spawn(drive(StaleWorkerSweep(shared), stop));
+}
+
+/// Moves running jobs whose lease expired back to `retryable` (or `discarded`).
+pub(crate) struct Rescuer(Arc<Shared>);
+
+impl PeriodicTask for Rescuer {
+    fn name(&self) -> &'static str {
+        "rescuer"
+    }
+    fn interval(&self) -> Duration {
+        (self.0.config.lease / 2).clamp(Duration::from_millis(100), Duration::from_secs(15))
+    }
+    async fn activate(&mut self) -> Result<Option<String>, String> {
+        let mut total = Vec::new();
+        loop {
+            let rescued = db::jobs::rescue_expired(&self.0.pool, BATCH)
+                .await
+                .map_err(|e| e.to_string())?;
+            let n = rescued.len();
+            total.extend(rescued);
+            if (n as i64) < BATCH {
+                break;
+            }
+        }
+        if total.is_empty() {
+            return Ok(None);
+        }
+        self.0
+            .stats
+            .rescued
+            .fetch_add(total.len() as u64, Ordering::Relaxed);
+        let mut workers: Vec<&str> = total
+            .iter()
+            .filter_map(|r| r.locked_by.as_deref())
+            .collect();
+        workers.sort_unstable();
+        workers.dedup();
+        let discarded = total.iter().filter(|r| r.state == "discarded").count();
+        Ok(Some(format!(
+            "rescued {} jobs with expired leases ({} discarded, attempts spent) from presumed-dead workers: {}",
+            total.len(),
+            discarded,
+            workers.join(", ")
+        )))
+    }
+}
+
+/// Deletes finished jobs past their retention, in batches.
+pub(crate) struct Pruner(Arc<Shared>);
+
+impl PeriodicTask for Pruner {
+    fn name(&self) -> &'static str {
+        "pruner"
+    }
+    fn interval(&self) -> Duration {
+        Duration::from_secs(60)
+    }
+    async fn activate(&mut self) -> Result<Option<String>, String> {
+        let mut total = 0u64;
+        loop {
+            let n = db::jobs::prune(&self.0.pool, &self.0.config.retention, BATCH)
+                .await
+                .map_err(|e| e.to_string())?;
+            total += n;
+            if (n as i64) < BATCH {
+                break;
+            }
+        }
+        Ok((total > 0).then(|| format!("pruned {total} finished jobs past retention")))
+    }
+}
+
+/// Removes `lettuce.workers` rows whose heartbeat stopped (crashed processes).
+pub(crate) struct StaleWorkerSweep(Arc<Shared>);
+
+impl StaleWorkerSweep {
+    fn stale_after(&self) -> Duration {
+        (self.0.config.lease * 2).max(Duration::from_secs(1))
+    }
+}
+
+impl PeriodicTask for StaleWorkerSweep {
+    fn name(&self) -> &'static str {
+        "stale-worker-sweep"
+    }
+    fn interval(&self) -> Duration {
+        self.stale_after().min(Duration::from_secs(60))
+    }
+    async fn activate(&mut self) -> Result<Option<String>, String> {
+        let gone = db::workers::sweep_stale(&self.0.pool, self.stale_after())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((!gone.is_empty()).then(|| format!("removed stale worker rows: {}", gone.join(", "))))
+    }
+}

@@ -1,0 +1,240 @@
+//! The job runtime: producers claim, executors run one attempt each, the completer writes
+//! outcomes in batches, the lease keeper heartbeats, maintenance tasks rescue and prune.
+//!
+//! Ownership: producers own claiming; executors own one attempt; the completer is the only
+//! writer of outcomes; the lease keeper is the only writer of leases. Shutdown is two-phase:
+//! `stop_claiming` ends producers, then after `LETTUCE_SHUTDOWN_GRACE_MS` `cancel_jobs` cuts
+//! what is still running and hands it back as `available`.
+
+pub mod completer;
+pub mod executor;
+pub mod lease;
+pub mod maintenance;
+pub mod outcome;
+pub mod periodic;
+pub mod producer;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::db::listener::{ListenerStats, Wakers};
+use crate::db::workers::WorkerRow;
+use crate::db::{self, DbPool};
+use crate::handlers::{Registry, Services};
+use crate::health::Health;
+use outcome::RetryPolicy;
+
+/// Attempts in flight in this process, by job id. The lease keeper reads it; executors add;
+/// the completer removes once the outcome is written.
+pub type Inflight = Arc<std::sync::Mutex<HashMap<i64, Held>>>;
+
+/// One attempt this process holds.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub attempt: i32,
+    /// Cancels the attempt (lease lost or shutdown past grace).
+    pub cancel: CancellationToken,
+    /// Set by the lease keeper when the database no longer shows this attempt as ours.
+    pub lost: Arc<AtomicBool>,
+}
+
+/// Counters shared with `/metrics` and tests.
+#[derive(Debug, Default)]
+pub struct RuntimeStats {
+    pub claimed: AtomicU64,
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+    pub refused_late_writes: AtomicU64,
+    pub rescued: AtomicU64,
+    pub handed_back: AtomicU64,
+}
+
+/// What the runtime needs besides configuration.
+pub struct Deps {
+    pub pool: DbPool,
+    pub registry: Registry,
+    pub health: Arc<Health>,
+    pub services: Arc<Services>,
+}
+
+/// State shared by the runtime's tasks.
+pub(crate) struct Shared {
+    pub config: Arc<Config>,
+    pub pool: DbPool,
+    pub registry: Registry,
+    pub kinds: Vec<String>,
+    pub services: Arc<Services>,
+    pub worker: WorkerRow,
+    pub inflight: Inflight,
+    pub policy: RetryPolicy,
+    pub stats: Arc<RuntimeStats>,
+    /// Parent of every attempt's token; cancelled in shutdown phase two.
+    pub cancel_jobs: CancellationToken,
+    pub executors: TaskTracker,
+    pub completions: mpsc::UnboundedSender<completer::Finished>,
+}
+
+/// A handle to a running runtime's counters.
+#[derive(Clone)]
+pub struct RuntimeHandle {
+    pub worker_id: String,
+    pub stats: Arc<RuntimeStats>,
+    pub listener: Arc<ListenerStats>,
+}
+
+/// Runs the worker until `shutdown` resolves, then drains. Returns once every attempt was
+/// written (or handed back) and the presence row is gone.
+pub async fn run(
+    config: Arc<Config>,
+    deps: Deps,
+    shutdown: impl Future<Output = ()>,
+    on_start: impl FnOnce(RuntimeHandle),
+) -> Result<(), db::DbError> {
+    let queues: Vec<String> = config.queues.iter().map(|q| q.name.clone()).collect();
+    let worker = WorkerRow::for_this_process(queues.clone());
+    db::workers::register(&deps.pool, &worker).await?;
+
+    let stop_claiming = CancellationToken::new();
+    let stop_background = CancellationToken::new();
+    let cancel_jobs = CancellationToken::new();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let inflight: Inflight = Arc::default();
+    let stats = Arc::new(RuntimeStats::default());
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        pool: deps.pool.clone(),
+        kinds: deps.registry.kinds(),
+        registry: deps.registry,
+        services: deps.services,
+        worker: worker.clone(),
+        inflight: inflight.clone(),
+        policy: RetryPolicy {
+            base: config.retry_base,
+            max: config.retry_max,
+        },
+        stats: stats.clone(),
+        cancel_jobs: cancel_jobs.clone(),
+        executors: TaskTracker::new(),
+        completions: tx,
+    });
+
+    // Background tasks: listener, lease keeper, maintenance. They outlive the producers so
+    // leases stay fresh while in-flight jobs drain.
+    let background = TaskTracker::new();
+    let wakers: Wakers = Arc::new(
+        queues
+            .iter()
+            .map(|q| (q.clone(), Arc::new(Notify::new())))
+            .collect(),
+    );
+    let listener_stats = Arc::new(ListenerStats::default());
+    let pg_config = db::parse_url(config.database_url.expose())?;
+    background.spawn(db::listener::run(
+        pg_config,
+        wakers.clone(),
+        listener_stats.clone(),
+        stop_background.clone(),
+    ));
+    background.spawn(lease::run(shared.clone(), stop_background.clone()));
+    maintenance::spawn_all(&background, shared.clone(), stop_background.clone());
+    let completer = tokio::spawn(completer::run(shared.clone(), rx));
+
+    let producers = TaskTracker::new();
+    for q in &config.queues {
+        producers.spawn(producer::run(
+            shared.clone(),
+            q.name.clone(),
+            Arc::new(Semaphore::new(q.concurrency)),
+            wakers[&q.name].clone(),
+            stop_claiming.clone(),
+        ));
+    }
+    producers.close();
+    deps.health.set_ready();
+    tracing::info!(
+        worker_id = %worker.id,
+        queues = %config.queues.iter().map(|q| format!("{}={}", q.name, q.concurrency)).collect::<Vec<_>>().join(","),
+        kinds = %shared.kinds.join(","),
+        "worker ready"
+    );
+    on_start(RuntimeHandle {
+        worker_id: worker.id.clone(),
+        stats: stats.clone(),
+        listener: listener_stats,
+    });
+
+    shutdown.await;
+
+    // Phase one: stop claiming and let in-flight attempts finish within the grace.
+    deps.health.set_draining();
+    let in_flight_at_stop = inflight.lock().expect("inflight lock").len();
+    tracing::info!(
+        in_flight = in_flight_at_stop,
+        grace_ms = config.shutdown_grace.as_millis() as u64,
+        "draining"
+    );
+    stop_claiming.cancel();
+    producers.wait().await;
+    shared.executors.close();
+    if tokio::time::timeout(config.shutdown_grace, shared.executors.wait())
+        .await
+        .is_err()
+    {
+        // Phase two: cut what is left; executors hand those jobs back.
+        let left = inflight.lock().expect("inflight lock").len();
+        tracing::warn!(
+            handed_back = left,
+            "shutdown grace over; handing unfinished jobs back"
+        );
+        cancel_jobs.cancel();
+        shared.executors.wait().await;
+    }
+    // Every executor is done, so the last sender is the one in `shared`: drop it and let the
+    // completer drain. Bound the wait in case the database is gone (leases then expire and
+    // another worker rescues the jobs).
+    drop(shared);
+    let drain_limit = Duration::from_secs(10);
+    let mut completer = completer;
+    if tokio::time::timeout(drain_limit, &mut completer)
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            "could not write final outcomes within 10s; their leases will expire and another worker will rescue them"
+        );
+        completer.abort();
+    }
+    stop_background.cancel();
+    background.close();
+    background.wait().await;
+    if let Err(e) = db::workers::deregister(&deps.pool, &worker.id).await {
+        tracing::warn!(error = %e, "could not remove this worker's presence row; it will be swept as stale");
+    }
+    tracing::info!(
+        completed = stats.completed.load(Ordering::Relaxed),
+        handed_back = stats.handed_back.load(Ordering::Relaxed),
+        "worker stopped"
+    );
+    Ok(())
+}
+
+/// Sleeps `d` unless `stop` fires first; returns false when stopped.
+pub(crate) async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+/// A random number in `[0, 1)`.
+pub(crate) fn jitter() -> f64 {
+    rand::random::<f64>()
+}

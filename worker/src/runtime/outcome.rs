@@ -1,0 +1,233 @@
+//! What one attempt came to, and the row it turns into. Pure: no I/O here.
+
+use std::time::Duration;
+
+use crate::db::jobs::{ArtifactRow, ClaimedJob, Completion};
+use crate::handlers::HandlerError;
+
+/// The result of one attempt, as the executor saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The handler returned `Ok`.
+    Completed { artifacts: Vec<ArtifactRow> },
+    /// A retryable error, a panic or a timeout.
+    Retry { error: String },
+    /// A permanent error: discard now.
+    Discard { error: String },
+    /// Run again after `delay` without using an attempt.
+    Snooze { delay: Duration },
+    /// The handler cancelled the job.
+    Cancel { reason: String },
+    /// Shutdown cut the attempt short: back to `available`, attempt restored.
+    HandBack,
+}
+
+impl PartialEq for ArtifactRow {
+    fn eq(&self, o: &Self) -> bool {
+        self.job_id == o.job_id && self.key == o.key && self.sha256 == o.sha256
+    }
+}
+
+impl Outcome {
+    /// Maps a handler's result.
+    pub fn from_result(result: Result<(), HandlerError>, artifacts: Vec<ArtifactRow>) -> Outcome {
+        match result {
+            Ok(()) => Outcome::Completed { artifacts },
+            Err(HandlerError::Retryable(error)) => Outcome::Retry { error },
+            Err(HandlerError::Permanent(error)) => Outcome::Discard { error },
+            Err(HandlerError::Snooze(delay)) => Outcome::Snooze { delay },
+            Err(HandlerError::Cancel(reason)) => Outcome::Cancel { reason },
+        }
+    }
+
+    /// The label used in logs, spans and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Completed { .. } => "completed",
+            Outcome::Retry { .. } => "error",
+            Outcome::Discard { .. } => "discarded",
+            Outcome::Snooze { .. } => "snoozed",
+            Outcome::Cancel { .. } => "cancelled",
+            Outcome::HandBack => "handed_back",
+        }
+    }
+
+    /// The row this outcome writes for `job`. `jitter` is a number in `[0, 1)`.
+    pub fn completion(&self, job: &ClaimedJob, policy: &RetryPolicy, jitter: f64) -> Completion {
+        let base = Completion {
+            id: job.id,
+            attempt: job.attempt,
+            state: "completed",
+            delay: None,
+            error: None,
+            restore_attempt: false,
+            queue: job.queue.clone(),
+        };
+        match self {
+            Outcome::Completed { .. } => base,
+            Outcome::Retry { error } if job.attempt >= job.max_attempts => Completion {
+                state: "discarded",
+                error: Some(error.clone()),
+                ..base
+            },
+            Outcome::Retry { error } => Completion {
+                state: "retryable",
+                delay: Some(policy.backoff(job.attempt, jitter)),
+                error: Some(error.clone()),
+                ..base
+            },
+            Outcome::Discard { error } => Completion {
+                state: "discarded",
+                error: Some(error.clone()),
+                ..base
+            },
+            Outcome::Snooze { delay } => Completion {
+                state: "scheduled",
+                delay: Some(*delay),
+                restore_attempt: true,
+                ..base
+            },
+            Outcome::Cancel { reason } => Completion {
+                state: "cancelled",
+                error: Some(reason.clone()),
+                ..base
+            },
+            Outcome::HandBack => Completion {
+                state: "available",
+                delay: Some(Duration::ZERO),
+                restore_attempt: true,
+                ..base
+            },
+        }
+    }
+}
+
+/// Exponential backoff with jitter: `min(max, base · 2^(attempt-1))`, then a random point in
+/// its upper half, so replicas that failed together do not retry together.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl RetryPolicy {
+    pub fn backoff(&self, attempt: i32, jitter: f64) -> Duration {
+        let exp = (attempt.max(1) - 1).min(40) as u32;
+        let full = self
+            .base
+            .checked_mul(1u32 << exp.min(31))
+            .unwrap_or(self.max)
+            .min(self.max);
+        let half = full / 2;
+        half + half.mul_f64(jitter.clamp(0.0, 1.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::OffsetDateTime;
+
+    fn job(attempt: i32, max: i32) -> ClaimedJob {
+        ClaimedJob {
+            id: 7,
+            kind: "k".into(),
+            queue: "q".into(),
+            payload: serde_json::json!({}),
+            priority: 0,
+            attempt,
+            max_attempts: max,
+            run_at: OffsetDateTime::now_utc(),
+            attempted_at: OffsetDateTime::now_utc(),
+            traceparent: None,
+        }
+    }
+
+    const POLICY: RetryPolicy = RetryPolicy {
+        base: Duration::from_secs(1),
+        max: Duration::from_secs(3600),
+    };
+
+    #[test]
+    fn backoff_doubles_is_capped_and_jittered_within_the_upper_half() {
+        assert_eq!(POLICY.backoff(1, 0.0), Duration::from_millis(500));
+        assert_eq!(POLICY.backoff(1, 1.0), Duration::from_secs(1));
+        assert_eq!(POLICY.backoff(3, 1.0), Duration::from_secs(4));
+        assert_eq!(POLICY.backoff(30, 1.0), Duration::from_secs(3600));
+        assert_eq!(POLICY.backoff(i32::MAX, 0.0), Duration::from_secs(1800));
+        for a in 1..20 {
+            let d = POLICY.backoff(a, 0.37);
+            assert!(d <= POLICY.max);
+        }
+    }
+
+    #[test]
+    fn outcomes_map_to_states() {
+        let c = |o: Outcome, attempt, max| o.completion(&job(attempt, max), &POLICY, 0.5);
+        assert_eq!(
+            c(Outcome::Completed { artifacts: vec![] }, 1, 5).state,
+            "completed"
+        );
+        let r = c(
+            Outcome::Retry {
+                error: "boom".into(),
+            },
+            1,
+            5,
+        );
+        assert_eq!((r.state, r.error.as_deref()), ("retryable", Some("boom")));
+        assert_eq!(r.delay, Some(Duration::from_millis(750)));
+        assert_eq!(
+            c(
+                Outcome::Retry {
+                    error: "boom".into()
+                },
+                5,
+                5
+            )
+            .state,
+            "discarded"
+        );
+        assert_eq!(
+            c(
+                Outcome::Discard {
+                    error: "bad".into()
+                },
+                1,
+                5
+            )
+            .state,
+            "discarded"
+        );
+        let s = c(
+            Outcome::Snooze {
+                delay: Duration::from_secs(3),
+            },
+            2,
+            5,
+        );
+        assert_eq!(
+            (s.state, s.restore_attempt, s.error),
+            ("scheduled", true, None)
+        );
+        assert_eq!(
+            c(Outcome::Cancel { reason: "x".into() }, 1, 5).state,
+            "cancelled"
+        );
+        let h = c(Outcome::HandBack, 1, 5);
+        assert_eq!((h.state, h.restore_attempt), ("available", true));
+    }
+
+    #[test]
+    fn handler_errors_map_to_outcomes() {
+        assert_eq!(
+            Outcome::from_result(Err(HandlerError::Permanent("p".into())), vec![]).label(),
+            "discarded"
+        );
+        assert_eq!(
+            Outcome::from_result(Err(HandlerError::Snooze(Duration::ZERO)), vec![]).label(),
+            "snoozed"
+        );
+        assert_eq!(Outcome::from_result(Ok(()), vec![]).label(), "completed");
+    }
+}

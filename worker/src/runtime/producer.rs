@@ -1,0 +1,80 @@
+//! One producer per queue. It only decides *when* and *how many* to claim: never more than the
+//! queue's free slots, right away while the last claim came back full, otherwise on a NOTIFY
+//! wake-up or the fallback poll — whichever comes first.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::{Shared, executor, sleep_or_stop};
+use crate::db;
+
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    queue: String,
+    slots: Arc<Semaphore>,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    if shared.kinds.is_empty() {
+        tracing::warn!(queue = %queue, "no job kinds registered; this worker claims nothing");
+        stop.cancelled().await;
+        return;
+    }
+    let mut error_delay = Duration::from_millis(100);
+    loop {
+        // Wait for one free slot, then take every other free slot too.
+        let first = tokio::select! {
+            _ = stop.cancelled() => return,
+            p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
+        };
+        let mut permits = vec![first];
+        while let Ok(p) = slots.clone().try_acquire_owned() {
+            permits.push(p);
+        }
+        let wanted = permits.len();
+        let claimed = db::jobs::claim_batch(
+            &shared.pool,
+            &queue,
+            &shared.kinds,
+            wanted as i64,
+            &shared.worker.id,
+            shared.config.lease,
+        )
+        .await;
+        match claimed {
+            Ok(jobs) => {
+                error_delay = Duration::from_millis(100);
+                let got = jobs.len();
+                shared
+                    .stats
+                    .claimed
+                    .fetch_add(got as u64, Ordering::Relaxed);
+                for (job, permit) in jobs.into_iter().zip(permits.drain(..)) {
+                    executor::spawn(&shared, job, permit);
+                }
+                drop(permits);
+                if got == wanted {
+                    // A full batch: more are likely waiting. Claim again as slots free up.
+                    continue;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(shared.config.poll_interval) => {}
+                }
+            }
+            Err(e) => {
+                drop(permits);
+                tracing::warn!(queue = %queue, error = %e, "claim failed; retrying");
+                if !sleep_or_stop(error_delay, &stop).await {
+                    return;
+                }
+                error_delay = (error_delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
