@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use super::outcome::Outcome;
 use super::{Shared, jitter};
@@ -23,9 +24,24 @@ pub(crate) struct Finished {
     pub _slot: OwnedSemaphorePermit,
 }
 
-pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Finished>) {
+/// Writes outcomes until `closed` fires (every executor has finished) and the channel is empty.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    mut rx: mpsc::UnboundedReceiver<Finished>,
+    closed: CancellationToken,
+) {
     let mut batch: Vec<Finished> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = tokio::select! {
+            biased;
+            m = rx.recv() => m,
+            _ = closed.cancelled(), if !rx.is_closed() => {
+                // No new senders will send: take what is queued, then stop.
+                rx.close();
+                continue;
+            }
+        };
+        let Some(first) = first else { break };
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {

@@ -145,7 +145,8 @@ pub async fn run(
     ));
     background.spawn(lease::run(shared.clone(), stop_background.clone()));
     maintenance::spawn_all(&background, shared.clone(), stop_background.clone());
-    let completer = tokio::spawn(completer::run(shared.clone(), rx));
+    let completer_closed = CancellationToken::new();
+    let completer = tokio::spawn(completer::run(shared.clone(), rx, completer_closed.clone()));
 
     let producers = TaskTracker::new();
     for q in &config.queues {
@@ -197,9 +198,10 @@ pub async fn run(
         cancel_jobs.cancel();
         shared.executors.wait().await;
     }
-    // Every executor is done, so the last sender is the one in `shared`: drop it and let the
-    // completer drain. Bound the wait in case the database is gone (leases then expire and
-    // another worker rescues the jobs).
+    // Every executor is done and has queued its outcome: let the completer drain and stop.
+    // Bound the wait in case the database is gone (leases then expire and another worker
+    // rescues the jobs).
+    completer_closed.cancel();
     drop(shared);
     let drain_limit = Duration::from_secs(10);
     let mut completer = completer;
