@@ -13,6 +13,7 @@ pub mod handlers;
 pub mod health;
 pub mod http;
 pub mod runtime;
+pub mod secrets;
 pub mod telemetry;
 
 /// This build's version, as reported in `lettuce.workers` and logs.

@@ -7,6 +7,8 @@
 //!
 //! then the runtime. `check-config` calls the same gate functions in report mode.
 
+pub mod github;
+
 use std::future::Future;
 use std::sync::Arc;
 
@@ -23,6 +25,8 @@ use crate::runtime::{self, Deps, RuntimeHandle};
 pub enum BootError {
     #[error("{0}")]
     Config(#[from] ConfigError),
+    #[error("{0}")]
+    GitHub(#[from] github::GithubError),
     #[error("DatabaseUnavailable: {0}")]
     Database(DbError),
     #[error("SchemaError: {0}")]
@@ -38,6 +42,7 @@ impl BootError {
     pub fn exit_code(&self) -> u8 {
         match self {
             BootError::Config(_) => 2,
+            BootError::GitHub(_) => 4,
             BootError::Database(_) => 5,
             BootError::Schema(_) => 6,
             BootError::Http { .. } | BootError::Runtime(_) => 1,
