@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, NoTls};
 
+pub mod services;
+
 /// The admin URL of the test server.
 pub fn admin_url() -> String {
     std::env::var("XTESTS_DATABASE_URL")

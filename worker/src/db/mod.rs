@@ -8,6 +8,7 @@
 //! - `workers.rs`: presence rows in `lettuce.workers`.
 
 pub mod diag;
+pub mod entitlements;
 pub mod jobs;
 pub mod listener;
 pub mod schema;
