@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::artifacts::ArtifactStore;
 use crate::config::{Config, ConfigError};
 use crate::db::{self, DbError, DbPool};
 use crate::handlers::{Registry, Services};
@@ -68,6 +69,24 @@ pub async fn schema(pool: &DbPool) -> Result<db::schema::Applied, BootError> {
         .map_err(BootError::Schema)
 }
 
+/// Builds the artifact store (no network call) and logs where artifacts go; warns when a
+/// self-hosted install keeps them on the local disk.
+pub fn artifact_store(config: &Config) -> Result<Arc<ArtifactStore>, BootError> {
+    let store = ArtifactStore::from_config(config).map_err(|e| {
+        BootError::Config(ConfigError {
+            vars: vec![crate::config::BadVar {
+                name: "CODEWAZE_S3_BUCKET".into(),
+                problem: e.to_string(),
+            }],
+        })
+    })?;
+    if let Some(warning) = ArtifactStore::durability_warning(config) {
+        tracing::warn!("{warning}");
+    }
+    tracing::info!(store = %store.describe(), "artifact store");
+    Ok(Arc::new(store))
+}
+
 /// `worker run`: every gate, then the runtime until `shutdown` resolves.
 pub async fn run(
     config: Config,
@@ -91,7 +110,8 @@ pub async fn run(
     let applied = schema(&pool).await?;
     tracing::info!(schema = ?applied, "schema ready");
     health.set_pool(pool.clone());
-    let services = Arc::new(Services::new(pool.clone()));
+    let artifacts = artifact_store(&config)?;
+    let services = Arc::new(Services::new(pool.clone(), artifacts));
     runtime::run(
         config,
         Deps {

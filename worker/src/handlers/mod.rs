@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::artifacts::{ArtifactStore, key_for};
 use crate::db::DbPool;
 use crate::db::jobs::ArtifactRow;
 
@@ -53,11 +54,13 @@ pub struct JobInfo {
 pub struct Services {
     /// Used only through the narrow methods below, never handed to a handler.
     pool: DbPool,
+    /// Where artifacts go; built once at boot from the configuration.
+    artifacts: Arc<ArtifactStore>,
 }
 
 impl Services {
-    pub fn new(pool: DbPool) -> Self {
-        Services { pool }
+    pub fn new(pool: DbPool, artifacts: Arc<ArtifactStore>) -> Self {
+        Services { pool, artifacts }
     }
 }
 
@@ -87,6 +90,37 @@ impl JobContext {
         crate::db::diag::record_execution(&self.services.pool, &self.job)
             .await
             .map_err(|e| HandlerError::Retryable(e.to_string()))
+    }
+
+    /// The artifact store, for handlers that need more than [`JobContext::write_artifact`].
+    pub fn artifacts(&self) -> &ArtifactStore {
+        &self.services.artifacts
+    }
+
+    /// Streams `body` to this attempt's artifact `name` (key `jobs/<id>/attempt-<n>/<name>`)
+    /// and notes it, so the completion records its row. A failed write is retryable: the store
+    /// may be down or misconfigured, and nothing is lost by trying the job again later.
+    pub async fn write_artifact<R>(&self, name: &str, body: R) -> Result<ArtifactRow, HandlerError>
+    where
+        R: tokio::io::AsyncRead + Unpin + Send,
+    {
+        let key = key_for(self.job.id, self.job.attempt, name)
+            .map_err(|e| HandlerError::Permanent(e.to_string()))?;
+        let written = self
+            .services
+            .artifacts
+            .put(&key, body, &self.cancel)
+            .await
+            .map_err(|e| HandlerError::Retryable(format!("artifact {key}: {e}")))?;
+        let row = ArtifactRow {
+            job_id: self.job.id,
+            key: written.key,
+            size: written.size as i64,
+            sha256: written.sha256,
+            etag: written.etag,
+        };
+        self.add_artifact(row.clone());
+        Ok(row)
     }
 
     /// Notes an artifact this attempt wrote, to be recorded when the job completes.
