@@ -1,13 +1,15 @@
 //! Boot: the gates, in the SPEC's order, before any job runs.
 //!
 //! 1. config (parsed by the caller; exit 2)
-//! 2. license, 3. GitHub App, 4. telemetry resolution — the gates issue adds these here
+//! 2. license (exit 3), 3. GitHub App (exit 4), 4. telemetry resolution — [`gates`]
 //! 5. database, with retry until `LETTUCE_DB_CONNECT_TIMEOUT_MS` (exit 5)
 //! 6. schema, under the advisory lock (exit 6)
 //!
 //! then the runtime. `check-config` calls the same gate functions in report mode.
 
+pub mod entitlements;
 pub mod github;
+pub mod telemetry;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -69,6 +71,34 @@ pub async fn schema(pool: &DbPool) -> Result<db::schema::Applied, BootError> {
         .map_err(BootError::Schema)
 }
 
+/// What gates 2–4 decided; the runtime receives it through `handlers::Services`.
+#[derive(Debug, Clone)]
+pub struct Gates {
+    /// The verified license (`None` when not self-hosted).
+    pub license: Option<license::License>,
+    pub github: github::GithubStatus,
+    pub telemetry: telemetry::TelemetryDecision,
+    /// The license's caps (unlimited when not self-hosted).
+    pub entitlements: entitlements::Entitlements,
+}
+
+/// Gates 2–4 for `worker run`, in the SPEC's order: license (exit 3), GitHub App (exit 4),
+/// telemetry resolution. Each gate logs its own outcome; nothing here touches the network.
+pub fn gates(config: &Config, now: time::OffsetDateTime) -> Result<Gates, BootError> {
+    let license = license::gate(config, now)?;
+    let github = github::check(&config.github)?;
+    github::log(&github);
+    let claims = license.as_ref().map(|l| &l.claims);
+    let telemetry = telemetry::resolve(config, claims);
+    telemetry::log(&telemetry);
+    Ok(Gates {
+        entitlements: entitlements::Entitlements::from_claims(claims),
+        license,
+        github,
+        telemetry,
+    })
+}
+
 /// Builds the artifact store (no network call) and logs where artifacts go; warns when a
 /// self-hosted install keeps them on the local disk.
 pub fn artifact_store(config: &Config) -> Result<Arc<ArtifactStore>, BootError> {
@@ -94,6 +124,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     on_start: impl FnOnce(RuntimeHandle),
 ) -> Result<(), BootError> {
+    // Gates 2–4 run before anything listens or connects: a refused gate touches nothing.
+    let gates = gates(&config, time::OffsetDateTime::now_utc())?;
     let config = Arc::new(config);
     let health = Arc::new(Health::default());
     let http_stop = CancellationToken::new();
@@ -111,7 +143,7 @@ pub async fn run(
     tracing::info!(schema = ?applied, "schema ready");
     health.set_pool(pool.clone());
     let artifacts = artifact_store(&config)?;
-    let services = Arc::new(Services::new(pool.clone(), artifacts));
+    let services = Arc::new(Services::new(pool.clone(), artifacts).with_gates(&gates));
     runtime::run(
         config,
         Deps {

@@ -11,6 +11,7 @@ pub mod diag;
 pub mod entitlements;
 pub mod jobs;
 pub mod listener;
+pub mod probe;
 pub mod schema;
 pub mod workers;
 
