@@ -105,12 +105,12 @@ impl S3Store {
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
         match &err {
-            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
-                ArtifactError::Unreachable {
-                    endpoint: self.endpoint.clone(),
-                    detail: DisplayErrorContext(&err).to_string(),
-                }
-            }
+            SdkError::DispatchFailure(_)
+            | SdkError::TimeoutError(_)
+            | SdkError::ResponseError(_) => ArtifactError::Unreachable {
+                endpoint: self.endpoint.clone(),
+                detail: DisplayErrorContext(&err).to_string(),
+            },
             SdkError::ServiceError(se) => {
                 let status = se.raw().status().as_u16();
                 match err.code() {
@@ -118,8 +118,11 @@ impl S3Store {
                         bucket: self.bucket.clone(),
                     },
                     Some(
-                        code @ ("InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccessDenied"
-                        | "InvalidToken" | "ExpiredToken"),
+                        code @ ("InvalidAccessKeyId"
+                        | "SignatureDoesNotMatch"
+                        | "AccessDenied"
+                        | "InvalidToken"
+                        | "ExpiredToken"),
                     ) => ArtifactError::AccessDenied {
                         bucket: self.bucket.clone(),
                         code: code.to_string(),
@@ -414,7 +417,10 @@ async fn join_one(
     cancel: &CancellationToken,
 ) -> Result<CompletedPart, ArtifactError> {
     let joined = cancellable(cancel, async {
-        Ok(running.join_next().await.expect("caller checked the set is not empty"))
+        Ok(running
+            .join_next()
+            .await
+            .expect("caller checked the set is not empty"))
     })
     .await?;
     joined.map_err(|e| ArtifactError::Store {

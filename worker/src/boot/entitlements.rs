@@ -74,7 +74,12 @@ mod tests {
             "License limit reached: 11 repositories needed, the license allows 10"
         );
         assert!(e.check_seats(5).is_ok());
-        assert!(e.check_seats(6).unwrap_err().to_string().starts_with("License limit reached: 6 seats"));
+        assert!(
+            e.check_seats(6)
+                .unwrap_err()
+                .to_string()
+                .starts_with("License limit reached: 6 seats")
+        );
         let none = Entitlements::unlimited();
         assert!(none.check_repos(u64::MAX).is_ok() && none.check_seats(u64::MAX).is_ok());
     }

@@ -9,6 +9,7 @@
 
 pub mod entitlements;
 pub mod github;
+pub mod license;
 pub mod telemetry;
 
 use std::future::Future;
@@ -29,6 +30,8 @@ pub enum BootError {
     #[error("{0}")]
     Config(#[from] ConfigError),
     #[error("{0}")]
+    License(#[from] license::LicenseError),
+    #[error("{0}")]
     GitHub(#[from] github::GithubError),
     #[error("DatabaseUnavailable: {0}")]
     Database(DbError),
@@ -45,6 +48,7 @@ impl BootError {
     pub fn exit_code(&self) -> u8 {
         match self {
             BootError::Config(_) => 2,
+            BootError::License(_) => 3,
             BootError::GitHub(_) => 4,
             BootError::Database(_) => 5,
             BootError::Schema(_) => 6,

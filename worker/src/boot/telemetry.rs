@@ -201,9 +201,12 @@ mod tests {
         assert!(!x.effective && x.deprecated_alias_used);
         assert!(DEPRECATED_ALIAS_WARNING.contains("LETTUCE_TELEMETRY_ENABLED"));
         let err = Config::load(
-            &[("LETTUCE_TELEMETRY_ENABLED".to_string(), "perhaps".to_string())]
-                .into_iter()
-                .collect(),
+            &[(
+                "LETTUCE_TELEMETRY_ENABLED".to_string(),
+                "perhaps".to_string(),
+            )]
+            .into_iter()
+            .collect(),
         )
         .unwrap_err();
         assert_eq!(err.vars[0].name, "LETTUCE_TELEMETRY_ENABLED");

@@ -161,7 +161,11 @@ pub async fn report(env: &Env, offline: bool, now: OffsetDateTime) -> Vec<Check>
     .into_iter();
     let skip_rest = |out: &mut Vec<Check>, rest: &mut dyn Iterator<Item = &'static str>| {
         for id in rest {
-            out.push(check(id, Level::Skip, "skipped: the configuration did not load"));
+            out.push(check(
+                id,
+                Level::Skip,
+                "skipped: the configuration did not load",
+            ));
         }
     };
 
@@ -185,12 +189,18 @@ pub async fn report(env: &Env, offline: bool, now: OffsetDateTime) -> Vec<Check>
         .trim()
         .to_ascii_lowercase();
     let secrets_check = if store_kind == "env" {
-        check("secrets", Level::Ok, "LETTUCE_SECRET_STORE=env: secrets come from the environment")
+        check(
+            "secrets",
+            Level::Ok,
+            "LETTUCE_SECRET_STORE=env: secrets come from the environment",
+        )
     } else if offline {
         check(
             "secrets",
             Level::Skip,
-            format!("skipped (--offline): the {store_kind} store was not asked for secret variables"),
+            format!(
+                "skipped (--offline): the {store_kind} store was not asked for secret variables"
+            ),
         )
     } else {
         match crate::secrets::fill(&mut raw, env).await {
@@ -259,16 +269,18 @@ pub async fn report(env: &Env, offline: bool, now: OffsetDateTime) -> Vec<Check>
     if decision.deprecated_alias_used {
         notes.push(telemetry::DEPRECATED_ALIAS_WARNING.to_string());
     }
-    out.push(if decision.contradiction || decision.deprecated_alias_used {
-        hinted(
-            "telemetry",
-            Level::Warn,
-            notes.join("; "),
-            "set LETTUCE_TELEMETRY_ENABLED explicitly and remove LETTUCE_TELEMETRY_DISABLED",
-        )
-    } else {
-        check("telemetry", Level::Ok, decision.reason.clone())
-    });
+    out.push(
+        if decision.contradiction || decision.deprecated_alias_used {
+            hinted(
+                "telemetry",
+                Level::Warn,
+                notes.join("; "),
+                "set LETTUCE_TELEMETRY_ENABLED explicitly and remove LETTUCE_TELEMETRY_DISABLED",
+            )
+        } else {
+            check("telemetry", Level::Ok, decision.reason.clone())
+        },
+    );
 
     // Gates 5–6 as live probes.
     out.extend(database_checks(&config, offline).await);
@@ -387,7 +399,11 @@ fn license_checks(
                 e.to_string(),
                 "use the exact token Lettuce issued and the matching public key",
             ));
-            out.push(check("license.expiry", Level::Skip, "no verified license to check"));
+            out.push(check(
+                "license.expiry",
+                Level::Skip,
+                "no verified license to check",
+            ));
             None
         }
     }
@@ -496,7 +512,9 @@ async fn database_checks(config: &Config, offline: bool) -> Vec<Check> {
                         let mut v = vec![hinted(
                             "db.connect",
                             Level::Warn,
-                            format!("{target}: the server answers but database `{dbname}` does not exist yet"),
+                            format!(
+                                "{target}: the server answers but database `{dbname}` does not exist yet"
+                            ),
                             "`worker run` creates it when the role has CREATEDB; otherwise create it first",
                         )];
                         v.extend(skipped(1, "the database does not exist yet"));
@@ -526,7 +544,11 @@ async fn database_checks(config: &Config, offline: bool) -> Vec<Check> {
             return v;
         }
     }
-    let mut v = vec![check("db.connect", Level::Ok, format!("connected to {target}"))];
+    let mut v = vec![check(
+        "db.connect",
+        Level::Ok,
+        format!("connected to {target}"),
+    )];
     let facts = match db::probe::server_facts(&pool).await {
         Ok(f) => f,
         Err(e) => {
@@ -541,12 +563,19 @@ async fn database_checks(config: &Config, offline: bool) -> Vec<Check> {
         }
     };
     v.push(if facts.version_num >= 150_000 {
-        check("db.version", Level::Ok, format!("PostgreSQL {}", facts.version))
+        check(
+            "db.version",
+            Level::Ok,
+            format!("PostgreSQL {}", facts.version),
+        )
     } else {
         hinted(
             "db.version",
             Level::Fail,
-            format!("PostgreSQL {} is too old; 15 or newer is required", facts.version),
+            format!(
+                "PostgreSQL {} is too old; 15 or newer is required",
+                facts.version
+            ),
             "upgrade the server to PostgreSQL 15+",
         )
     });
@@ -631,13 +660,19 @@ async fn artifact_check(config: &Config, offline: bool) -> Check {
                 Some(w) => hinted(
                     "artifacts",
                     Level::Warn,
-                    format!("probe object written, read back and deleted in {}; {w}", store.describe()),
+                    format!(
+                        "probe object written, read back and deleted in {}; {w}",
+                        store.describe()
+                    ),
                     "set CODEWAZE_S3_BUCKET so every replica shares one artifact store",
                 ),
                 None => check(
                     "artifacts",
                     Level::Ok,
-                    format!("probe object written, read back and deleted in {}", store.describe()),
+                    format!(
+                        "probe object written, read back and deleted in {}",
+                        store.describe()
+                    ),
                 ),
             }
         }
@@ -650,7 +685,11 @@ async fn artifact_check(config: &Config, offline: bool) -> Check {
         Err(_) => hinted(
             "artifacts",
             Level::Fail,
-            format!("{}: no answer within {:?}", store.describe(), PROBE_TIMEOUT * 4),
+            format!(
+                "{}: no answer within {:?}",
+                store.describe(),
+                PROBE_TIMEOUT * 4
+            ),
             "check CODEWAZE_S3_ENDPOINT and the network path to it",
         ),
     }
@@ -687,14 +726,25 @@ async fn receiver_check(decision: &telemetry::TelemetryDecision, offline: bool) 
 }
 
 async fn otlp_check(env: &Env, offline: bool) -> Check {
-    let endpoint = ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]
-        .iter()
-        .find_map(|k| env.get(*k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty()));
+    let endpoint = [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    .iter()
+    .find_map(|k| {
+        env.get(*k)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    });
     let Some(endpoint) = endpoint else {
         return check("otlp", Level::Skip, "no OTLP endpoint set: no exporter");
     };
     if offline {
-        return check("otlp", Level::Skip, format!("skipped (--offline): {endpoint}"));
+        return check(
+            "otlp",
+            Level::Skip,
+            format!("skipped (--offline): {endpoint}"),
+        );
     }
     let url = match reqwest::Url::parse(&endpoint) {
         Ok(u) => u,
@@ -715,7 +765,10 @@ async fn otlp_check(env: &Env, offline: bool) -> Check {
             "set OTEL_EXPORTER_OTLP_ENDPOINT like http://collector:4318",
         );
     };
-    let addr = format!("{}:{port}", host.trim_start_matches('[').trim_end_matches(']'));
+    let addr = format!(
+        "{}:{port}",
+        host.trim_start_matches('[').trim_end_matches(']')
+    );
     match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(&addr)).await {
         Ok(Ok(_)) => check("otlp", Level::Ok, format!("{endpoint} accepts connections")),
         Ok(Err(e)) => hinted(
