@@ -82,7 +82,12 @@ impl Vault {
             let url = format!("{}/v1/secret/config", vault.addr);
             let token = vault.token.clone();
             async move {
-                let r = http.get(url).header("X-Vault-Token", token).send().await.ok()?;
+                let r = http
+                    .get(url)
+                    .header("X-Vault-Token", token)
+                    .send()
+                    .await
+                    .ok()?;
                 r.status().is_success().then_some(())
             }
         })
@@ -99,7 +104,11 @@ impl Vault {
             .send()
             .await
             .expect("vault write");
-        assert!(r.status().is_success(), "vault write answered {}", r.status());
+        assert!(
+            r.status().is_success(),
+            "vault write answered {}",
+            r.status()
+        );
     }
 
     /// Creates a token that may read nothing (only the default policy).
@@ -136,7 +145,13 @@ impl Moto {
         let port = free_port();
         let endpoint = format!("http://127.0.0.1:{port}");
         let mut child = spawn("moto_server", &["-H", "127.0.0.1", "-p", &port.to_string()]);
-        wait_http(&endpoint, Duration::from_secs(30), "moto_server", &mut child).await;
+        wait_http(
+            &endpoint,
+            Duration::from_secs(30),
+            "moto_server",
+            &mut child,
+        )
+        .await;
         Moto { child, endpoint }
     }
 

@@ -634,6 +634,20 @@ async fn database_checks(config: &Config, offline: bool) -> Vec<Check> {
 }
 
 async fn artifact_check(config: &Config, offline: bool) -> Check {
+    // S3 is network (and its credentials may be waiting in the secret store): skip offline.
+    // A local directory is not network, so it is probed even offline.
+    if offline && config.s3.is_some() {
+        let bucket = config
+            .s3
+            .as_ref()
+            .map(|s| s.bucket.as_str())
+            .unwrap_or_default();
+        return check(
+            "artifacts",
+            Level::Skip,
+            format!("skipped (--offline): S3 bucket {bucket}"),
+        );
+    }
     let store = match ArtifactStore::from_config(config) {
         Ok(s) => s,
         Err(e) => {
@@ -645,14 +659,6 @@ async fn artifact_check(config: &Config, offline: bool) -> Check {
             );
         }
     };
-    // A local directory is not network: it is probed even offline.
-    if offline && config.s3.is_some() {
-        return check(
-            "artifacts",
-            Level::Skip,
-            format!("skipped (--offline): {}", store.describe()),
-        );
-    }
     match tokio::time::timeout(PROBE_TIMEOUT * 4, store.probe()).await {
         Ok(Ok(())) => {
             let durability = ArtifactStore::durability_warning(config);
