@@ -211,7 +211,9 @@ async fn no_failing_gate_prints_a_secret() {
     let mangled_key = key_pem.replace("MII", "MIIZZ-Sekr1t-key-body-");
     secrets.push("Sekr1t-key-body".into());
 
-    let cases: Vec<(&str, Vec<(&str, String)>, i32)> = vec![
+    // (case, variables changed from the good setup, expected exit code of `worker run`)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, i32);
+    let cases: Vec<Case> = vec![
         ("config", vec![("LETTUCE_QUEUES", "default=zero".into())], 2),
         ("license", vec![("LETTUCE_LICENSE_KEY", forged.clone())], 3),
         (
