@@ -138,7 +138,11 @@ mod tests {
     async fn round_trip_and_probe() {
         let (s, root) = store();
         let w = s
-            .put("jobs/1/attempt-1/a.txt", &b"abc"[..], &CancellationToken::new())
+            .put(
+                "jobs/1/attempt-1/a.txt",
+                &b"abc"[..],
+                &CancellationToken::new(),
+            )
             .await
             .unwrap();
         assert_eq!(w.size, 3);
@@ -176,7 +180,11 @@ mod tests {
     async fn a_failed_write_leaves_no_file_and_no_temp() {
         let (s, root) = store();
         let err = s
-            .put("jobs/2/attempt-1/x", Failing(1000), &CancellationToken::new())
+            .put(
+                "jobs/2/attempt-1/x",
+                Failing(1000),
+                &CancellationToken::new(),
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, ArtifactError::Source(_)), "{err}");

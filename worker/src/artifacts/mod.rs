@@ -46,7 +46,9 @@ pub enum ArtifactError {
     #[error("artifact store unreachable at {endpoint}: {detail}")]
     Unreachable { endpoint: String, detail: String },
     /// The bucket named by `CODEWAZE_S3_BUCKET` does not exist.
-    #[error("artifact bucket {bucket:?} does not exist (CODEWAZE_S3_BUCKET); create it or fix the name")]
+    #[error(
+        "artifact bucket {bucket:?} does not exist (CODEWAZE_S3_BUCKET); create it or fix the name"
+    )]
     NoSuchBucket { bucket: String },
     /// The store refused the credentials or the operation.
     #[error(
@@ -55,7 +57,10 @@ pub enum ArtifactError {
     AccessDenied { bucket: String, code: String },
     /// Any other answer from the store.
     #[error("artifact store {operation} failed: {detail}")]
-    Store { operation: &'static str, detail: String },
+    Store {
+        operation: &'static str,
+        detail: String,
+    },
     /// The bytes to write could not be read.
     #[error("reading the artifact's bytes failed: {0}")]
     Source(std::io::Error),
@@ -212,6 +217,10 @@ impl Hasher {
         self.size += bytes.len() as u64;
     }
 
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
     /// (size, lowercase hex digest)
     pub fn finish(self) -> (u64, String) {
         (self.size, hex::encode(self.sha.finalize()))
@@ -228,16 +237,21 @@ mod tests {
             key_for(42, 3, "index/manifest.json").unwrap(),
             "jobs/42/attempt-3/index/manifest.json"
         );
-        assert_ne!(
-            key_for(42, 1, "a").unwrap(),
-            key_for(42, 2, "a").unwrap()
-        );
+        assert_ne!(key_for(42, 1, "a").unwrap(), key_for(42, 2, "a").unwrap());
     }
 
     #[test]
     fn names_that_could_escape_or_collide_are_refused() {
         for name in [
-            "", "/abs", "dir/", "a//b", "../x", "a/./b", "a/../../b", "x\n", ".tmp-123",
+            "",
+            "/abs",
+            "dir/",
+            "a//b",
+            "../x",
+            "a/./b",
+            "a/../../b",
+            "x\n",
+            ".tmp-123",
         ] {
             assert!(key_for(1, 1, name).is_err(), "{name:?} should be refused");
         }

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use rand::{RngCore, SeedableRng};
 use serde::Deserialize;
-use tokio::io::{AsyncRead, ReadBuf};
 use serde::de::IgnoredAny;
+use tokio::io::{AsyncRead, ReadBuf};
 
 use super::{Handler, HandlerError, JobContext, Registry};
 
@@ -224,11 +224,20 @@ mod tests {
     #[tokio::test]
     async fn diag_bytes_are_deterministic_and_exact_in_length() {
         let mut a = Vec::new();
-        DiagBytes::new(7, 100_000).read_to_end(&mut a).await.unwrap();
+        DiagBytes::new(7, 100_000)
+            .read_to_end(&mut a)
+            .await
+            .unwrap();
         let mut b = Vec::new();
-        DiagBytes::new(7, 100_000).read_to_end(&mut b).await.unwrap();
+        DiagBytes::new(7, 100_000)
+            .read_to_end(&mut b)
+            .await
+            .unwrap();
         let mut c = Vec::new();
-        DiagBytes::new(8, 100_000).read_to_end(&mut c).await.unwrap();
+        DiagBytes::new(8, 100_000)
+            .read_to_end(&mut c)
+            .await
+            .unwrap();
         assert_eq!(a.len(), 100_000);
         assert_eq!(a, b);
         assert_ne!(a, c);
