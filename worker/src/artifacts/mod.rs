@@ -217,6 +217,10 @@ impl Hasher {
         self.size += bytes.len() as u64;
     }
 
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
     /// (size, lowercase hex digest)
     pub fn finish(self) -> (u64, String) {
         (self.size, hex::encode(self.sha.finalize()))

@@ -210,33 +210,19 @@ impl S3Store {
             let parts = self
                 .upload_parts(key, &upload_id, first, &mut body, &mut hasher, cancel)
                 .await?;
-            cancellable(cancel, async {
-                self.client
-                    .complete_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .upload_id(&upload_id)
-                    .multipart_upload(
-                        CompletedMultipartUpload::builder()
-                            .set_parts(Some(parts))
-                            .build(),
-                    )
-                    .send()
-                    .await
-                    .map_err(|e| self.classify("CompleteMultipartUpload", e))
-            })
-            .await
+            let size = hasher.size();
+            cancellable(cancel, self.complete(key, &upload_id, parts, size)).await
         }
         .await;
         match uploaded {
-            Ok(out) => {
+            Ok(etag) => {
                 guard.armed = false;
                 let (size, sha256) = hasher.finish();
                 Ok(Written {
                     key: key.to_string(),
                     size,
                     sha256,
-                    etag: out.e_tag().map(unquote),
+                    etag,
                 })
             }
             Err(e) => {
@@ -285,6 +271,66 @@ impl S3Store {
         }
         done.sort_by_key(|p| p.part_number());
         Ok(done)
+    }
+
+    /// `CompleteMultipartUpload`; returns the object's ETag.
+    ///
+    /// Some S3-compatible servers answer 200 with a body the SDK cannot parse (moto 5.2 names
+    /// the root element `CompleteMultipartUploadResponse`, getmoto/moto#10055). A 200 is not
+    /// proof by itself (S3 may put an `<Error>` in a 200 body, which the SDK does parse into
+    /// an error code), so in that one case the object is checked with `HeadObject` and
+    /// accepted only when it exists with exactly the size we uploaded.
+    async fn complete(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+        size: u64,
+    ) -> Result<Option<String>, ArtifactError> {
+        let result = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await;
+        let err = match result {
+            Ok(out) => return Ok(out.e_tag().map(unquote)),
+            Err(err) => err,
+        };
+        let unparsed_success = matches!(&err, SdkError::ServiceError(se)
+            if se.raw().status().as_u16() == 200 && err.code().is_none());
+        if !unparsed_success {
+            return Err(self.classify("CompleteMultipartUpload", err));
+        }
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.classify("HeadObject", e))?;
+        if head.content_length() != Some(size as i64) {
+            return Err(ArtifactError::Store {
+                operation: "CompleteMultipartUpload",
+                detail: format!(
+                    "unreadable answer, and the object has {:?} bytes instead of {size}",
+                    head.content_length()
+                ),
+            });
+        }
+        tracing::debug!(
+            key,
+            "CompleteMultipartUpload answer unreadable; object verified by HeadObject"
+        );
+        Ok(head.e_tag().map(unquote))
     }
 
     /// One `UploadPart`, as an owned future so it can run on its own task.
