@@ -3,7 +3,7 @@
 //! Map (mirrors ARCHITECTURE.md): `config` loads and validates settings; `boot` runs the gates
 //! in order; `db` holds every SQL statement; `runtime` claims, runs and completes jobs;
 //! `handlers` are the job kinds; `http` and `health` answer probes; `telemetry` sets up
-//! logging; `cli` is the command line.
+//! logging and OTLP tracing; `metrics` is the Prometheus registry; `cli` is the command line.
 
 pub mod boot;
 pub mod cli;
@@ -12,6 +12,7 @@ pub mod db;
 pub mod handlers;
 pub mod health;
 pub mod http;
+pub mod metrics;
 pub mod runtime;
 pub mod telemetry;
 
