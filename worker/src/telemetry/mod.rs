@@ -82,7 +82,7 @@ pub fn init(format: LogFormat, otlp: Option<&OtlpSettings>) -> Result<Telemetry,
 }
 
 fn install(format: LogFormat, provider: Option<&SdkTracerProvider>) {
-    let otel = provider.map(|p| otel_layer(p));
+    let otel = provider.map(otel_layer);
     let log_filter =
         || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Backend-only spans never reach the log layer, whatever RUST_LOG says.
