@@ -85,6 +85,22 @@ pub async fn dispatch(cli: Cli, env: Env) -> ExitCode {
             return fail(&BootError::Config(e).to_string(), 2);
         }
     };
+    if let Command::Run = command {
+        // Only `run` exports spans; the exporter is built here, inside the runtime.
+        let telemetry = match crate::telemetry::otlp::settings_from_env(&env)
+            .and_then(|s| crate::telemetry::init(config.log_format, s.as_ref()))
+        {
+            Ok(t) => t,
+            Err(e) => {
+                crate::telemetry::init_logging(config.log_format);
+                return fail(&e.to_string(), 2);
+            }
+        };
+        let code = run(config).await;
+        // Flush what the batch exporter still holds (the last attempts before SIGTERM).
+        telemetry.shutdown().await;
+        return code;
+    }
     crate::telemetry::init_logging(config.log_format);
     if !config.secrets_from_store.is_empty() {
         tracing::info!(
@@ -93,7 +109,7 @@ pub async fn dispatch(cli: Cli, env: Env) -> ExitCode {
         );
     }
     match command {
-        Command::Run => run(config).await,
+        Command::Run => unreachable!("handled above"),
         Command::CheckConfig(args) => check_config::run(args, config, &env).await,
         Command::Enqueue(args) => enqueue::run(args, config).await,
         Command::Jobs { command } => jobs::run(command, config).await,
