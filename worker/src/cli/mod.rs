@@ -96,18 +96,14 @@ pub async fn dispatch(cli: Cli, env: Env) -> ExitCode {
                 return fail(&e.to_string(), 2);
             }
         };
+        log_secret_sources(&config);
         let code = run(config).await;
         // Flush what the batch exporter still holds (the last attempts before SIGTERM).
         telemetry.shutdown().await;
         return code;
     }
     crate::telemetry::init_logging(config.log_format);
-    if !config.secrets_from_store.is_empty() {
-        tracing::info!(
-            variables = %config.secrets_from_store.join(","),
-            "secret variables read from the secret store"
-        );
-    }
+    log_secret_sources(&config);
     match command {
         Command::Run => unreachable!("handled above"),
         Command::CheckConfig(args) => check_config::run(args, config, &env).await,
@@ -116,6 +112,16 @@ pub async fn dispatch(cli: Cli, env: Env) -> ExitCode {
         Command::Schema { command } => schema::run(command, config).await,
         Command::Healthcheck => healthcheck::run(&config).await,
         Command::License { .. } | Command::Init(_) => unreachable!("handled above"),
+    }
+}
+
+/// Names (never values) of the secret variables the store supplied.
+fn log_secret_sources(config: &Config) {
+    if !config.secrets_from_store.is_empty() {
+        tracing::info!(
+            variables = %config.secrets_from_store.join(","),
+            "secret variables read from the secret store"
+        );
     }
 }
 
