@@ -18,9 +18,11 @@ fuzz_target!(|data: &[u8]| {
     let key = SigningKey::from_bytes(&[7; 32]).verifying_key();
     let now = datetime!(2026-07-01 12:00:00 UTC);
     if let Err(e) = token::verify(text, &key, now) {
-        // Errors are printable and never echo the input.
+        // Errors never echo a token. Only token-shaped inputs are checked: a short or dot-free
+        // input can coincide with our own wording (the first run found "contains whitespace").
         let shown = e.to_string();
-        assert!(text.len() < 12 || !shown.contains(text));
+        let token_shaped = text.len() >= 40 && text.matches('.').count() >= 2;
+        assert!(!token_shaped || !shown.contains(text));
     } else {
         panic!("an unsigned input verified");
     }
