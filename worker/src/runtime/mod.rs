@@ -9,6 +9,7 @@
 pub mod completer;
 pub mod executor;
 pub mod lease;
+pub mod license_watch;
 pub mod maintenance;
 pub mod outcome;
 pub mod periodic;
