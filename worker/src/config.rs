@@ -844,24 +844,28 @@ mod tests {
         assert!(!debug.contains("ghsecret"));
     }
 
+    /// A config file of its own for one test.
+    fn toml(name: &str, text: &str) -> PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("lettuce-cfg-{}-{name}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
     #[test]
     fn toml_file_is_layered_under_the_environment() {
-        figment::Jail::expect_with(|jail| {
-            jail.create_file(
-                "worker.toml",
-                "lettuce_queues = \"a=1,b=2\"\nlettuce_lease_ms = 5000\nlettuce_diag_jobs = true\n",
-            )?;
-            let path = jail.directory().join("worker.toml");
-            let c = Config::load(&env(&[
-                ("LETTUCE_CONFIG", path.to_str().unwrap()),
-                ("LETTUCE_LEASE_MS", "7000"),
-            ]))
-            .unwrap();
-            assert_eq!(c.queues.len(), 2);
-            assert_eq!(c.lease, Duration::from_millis(7000));
-            assert!(c.diag_jobs);
-            Ok(())
-        });
+        let path = toml(
+            "layered",
+            "lettuce_queues = \"a=1,b=2\"\nlettuce_lease_ms = 5000\nlettuce_diag_jobs = true\n",
+        );
+        let c = Config::load(&env(&[
+            ("LETTUCE_CONFIG", path.to_str().unwrap()),
+            ("LETTUCE_LEASE_MS", "7000"),
+        ]))
+        .unwrap();
+        assert_eq!(c.queues.len(), 2);
+        assert_eq!(c.lease, Duration::from_millis(7000));
+        assert!(c.diag_jobs);
     }
 
     #[test]
@@ -869,17 +873,12 @@ mod tests {
         let err =
             Config::load(&env(&[("LETTUCE_CONFIG", "/nonexistent/worker.toml")])).unwrap_err();
         assert!(err.to_string().contains("not found"));
-        figment::Jail::expect_with(|jail| {
-            jail.create_file("w.toml", "lettuce_queuez = \"a=1\"\n")?;
-            let path = jail.directory().join("w.toml");
-            let err =
-                Config::load(&env(&[("LETTUCE_CONFIG", path.to_str().unwrap())])).unwrap_err();
-            assert!(
-                err.to_string().contains("unknown key `lettuce_queuez`"),
-                "{err}"
-            );
-            Ok(())
-        });
+        let path = toml("unknown", "lettuce_queuez = \"a=1\"\n");
+        let err = Config::load(&env(&[("LETTUCE_CONFIG", path.to_str().unwrap())])).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown key `lettuce_queuez`"),
+            "{err}"
+        );
     }
 
     #[test]

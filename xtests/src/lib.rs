@@ -319,6 +319,7 @@ pub struct InProcessWorker {
 impl InProcessWorker {
     /// Boots with the given environment and waits until it is ready.
     pub async fn start(env: &HashMap<String, String>) -> InProcessWorker {
+        init_logging();
         let config = lettuce_worker::config::Config::load(env).expect("test config loads");
         let registry = lettuce_worker::handlers::registry_for(&config);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -385,4 +386,17 @@ pub async fn wait_final(
             .then(|| (state, r.get(1), r.get(2)))
     })
     .await
+}
+
+/// Sends the library's logs to the test's captured output (RUST_LOG, default info).
+pub fn init_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
 }
