@@ -79,6 +79,7 @@ impl S3Store {
         if let Some(endpoint) = &cfg.endpoint {
             b = b.endpoint_url(endpoint);
         }
+        keep_part_buffers_unmapped_on_free();
         Ok(S3Store {
             client: Client::from_conf(b.build()),
             bucket: cfg.bucket.clone(),
@@ -441,6 +442,26 @@ impl Drop for AbortGuard {
             match request.send().await {
                 Ok(_) => tracing::debug!(key = %key, "aborted the multipart upload of a dropped write"),
                 Err(e) => tracing::warn!(key = %key, error = %DisplayErrorContext(&e), "could not abort the multipart upload of a dropped write"),
+            }
+        });
+    }
+}
+
+/// Part buffers are 8 MiB allocations, usually freed on another thread than the one that
+/// made them (the part upload runs on its own task). glibc serves allocations that large with
+/// mmap, but raises its mmap threshold the first time one is freed and from then on carves
+/// them from per-thread arenas, where freed parts stay resident: measured, that added about
+/// 20 MiB of peak RSS per write. Pinning the threshold (which also turns off the dynamic
+/// raise) keeps every part an mmap that goes back to the kernel when freed. Process-wide, set
+/// once; small allocations are unaffected.
+fn keep_part_buffers_unmapped_on_free() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: mallopt only changes allocator tuning; it is thread-safe in glibc.
+            unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
             }
         });
     }

@@ -38,7 +38,6 @@ async fn main() {
     let db = TestDb::new().await;
     let mut env = db.env();
     env.extend(moto.env());
-    env.insert("RUST_LOG".into(), "warn".into());
     let mut worker = WorkerProcess::start(&["run"], &env);
     worker.wait_ready(Duration::from_secs(60)).await;
     let idle_kib = vm_hwm_kib(worker.pid());
