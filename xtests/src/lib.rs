@@ -456,3 +456,15 @@ pub fn init_logging() {
             .try_init();
     });
 }
+
+/// The single value of a one-row, one-column query without parameters (counts, mostly).
+pub async fn scalar<T: for<'a> tokio_postgres::types::FromSql<'a>>(
+    client: &Client,
+    sql: &str,
+) -> T {
+    client
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}

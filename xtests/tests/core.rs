@@ -43,11 +43,7 @@ async fn concurrent_boot_of_eight_processes_on_an_empty_database() {
         w.wait_ready(Duration::from_secs(60)).await;
     }
     let client = db.client().await;
-    let live: i64 = client
-        .query_one("SELECT count(*) FROM lettuce.workers", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let live: i64 = xtests::scalar(&client, "SELECT count(*) FROM lettuce.workers").await;
     assert_eq!(live, 8);
     let before = catalog(&client).await;
     assert!(
@@ -97,11 +93,7 @@ async fn the_database_is_created_when_missing() {
     w.wait_ready(LIMIT).await;
     assert!(w.printed("created missing database"));
     let client = db.client().await;
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM lettuce.workers", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = xtests::scalar(&client, "SELECT count(*) FROM lettuce.workers").await;
     assert_eq!(n, 1);
 }
 
@@ -172,22 +164,15 @@ async fn enqueue_function_dedupes_unique_keys_and_notifies_on_commit() {
         .await
         .unwrap();
     t.rollback().await.unwrap();
-    let n: i64 = client
-        .query_one(
-            "SELECT count(*) FROM lettuce.jobs WHERE kind = 'k.rolled'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = xtests::scalar(
+        &client,
+        "SELECT count(*) FROM lettuce.jobs WHERE kind = 'k.rolled'",
+    )
+    .await;
     assert_eq!(n, 0);
 
     // Defaults, and a future run_at is `scheduled`.
-    let id: i64 = client
-        .query_one("SELECT lettuce.enqueue('k.def')", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let id: i64 = xtests::scalar(&client, "SELECT lettuce.enqueue('k.def')").await;
     let r = client
         .query_one(
             "SELECT queue, priority, max_attempts, state, payload FROM lettuce.jobs WHERE id = $1",
@@ -200,14 +185,11 @@ async fn enqueue_function_dedupes_unique_keys_and_notifies_on_commit() {
     assert_eq!(r.get::<_, i32>(2), 5);
     assert_eq!(r.get::<_, String>(3), "available");
     assert_eq!(r.get::<_, serde_json::Value>(4), json!({}));
-    let id: i64 = client
-        .query_one(
-            "SELECT lettuce.enqueue('k.later', run_at => now() + interval '1 hour')",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let id: i64 = xtests::scalar(
+        &client,
+        "SELECT lettuce.enqueue('k.later', run_at => now() + interval '1 hour')",
+    )
+    .await;
     let state: String = client
         .query_one("SELECT state FROM lettuce.jobs WHERE id = $1", &[&id])
         .await
@@ -223,14 +205,11 @@ async fn enqueue_function_dedupes_unique_keys_and_notifies_on_commit() {
         )
         .await
         .unwrap();
-    let c: i64 = client
-        .query_one(
-            "SELECT lettuce.enqueue('k.one', unique_key => 'key-1')",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let c: i64 = xtests::scalar(
+        &client,
+        "SELECT lettuce.enqueue('k.one', unique_key => 'key-1')",
+    )
+    .await;
     assert_ne!(a, c);
 
     // Bad input is a clear error.
@@ -258,11 +237,7 @@ async fn rust_batch_api_enqueues_inside_the_callers_transaction() {
     let t = client.transaction().await.unwrap();
     lettuce_worker::enqueue_many(&t, &jobs).await.unwrap();
     t.rollback().await.unwrap();
-    let n: i64 = client
-        .query_one("SELECT count(*) FROM lettuce.jobs", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = xtests::scalar(&client, "SELECT count(*) FROM lettuce.jobs").await;
     assert_eq!(n, 0, "a rolled-back batch leaves nothing");
 
     let t = client.transaction().await.unwrap();
@@ -346,17 +321,17 @@ async fn claims_in_priority_order_within_free_slots_and_only_known_kinds() {
         .unwrap();
     let max_running = std::sync::atomic::AtomicI64::new(0);
     eventually(LIMIT, "sleep jobs to finish", || async {
-        let running: i64 = client
-            .query_one("SELECT count(*) FROM lettuce.jobs WHERE state = 'running'", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let running: i64 = xtests::scalar(
+            &client,
+            "SELECT count(*) FROM lettuce.jobs WHERE state = 'running'",
+        )
+        .await;
         max_running.fetch_max(running, std::sync::atomic::Ordering::Relaxed);
-        let done: i64 = client
-            .query_one("SELECT count(*) FROM lettuce.jobs WHERE kind = 'diag.sleep' AND state = 'completed'", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let done: i64 = xtests::scalar(
+            &client,
+            "SELECT count(*) FROM lettuce.jobs WHERE kind = 'diag.sleep' AND state = 'completed'",
+        )
+        .await;
         (done == 12).then_some(())
     })
     .await;
@@ -435,14 +410,7 @@ async fn the_fallback_poll_works_without_notify() {
     let w = InProcessWorker::start(&env).await;
     let client = db.client().await;
     // Inserted directly into the table: no trigger NOTIFY for a scheduled row; becomes due by time.
-    let id: i64 = client
-        .query_one(
-            "INSERT INTO lettuce.jobs (kind, state, run_at) VALUES ('diag.noop', 'scheduled', now() + interval '300 milliseconds') RETURNING id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let id: i64 = xtests::scalar(&client, "INSERT INTO lettuce.jobs (kind, state, run_at) VALUES ('diag.noop', 'scheduled', now() + interval '300 milliseconds') RETURNING id").await;
     assert_eq!(wait_final(&client, id, LIMIT).await.0, "completed");
     w.stop().await.unwrap();
 }
@@ -744,37 +712,28 @@ async fn presence_rows_are_kept_and_stale_ones_swept_and_old_jobs_pruned() {
         .await
         .unwrap();
     eventually(LIMIT, "stale worker row swept", || async {
-        let n: i64 = client
-            .query_one(
-                "SELECT count(*) FROM lettuce.workers WHERE id = 'ghost'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let n: i64 = xtests::scalar(
+            &client,
+            "SELECT count(*) FROM lettuce.workers WHERE id = 'ghost'",
+        )
+        .await;
         (n == 0).then_some(())
     })
     .await;
     eventually(LIMIT, "old completed jobs pruned", || async {
-        let n: i64 = client
-            .query_one(
-                "SELECT count(*) FROM lettuce.jobs WHERE state = 'completed'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let n: i64 = xtests::scalar(
+            &client,
+            "SELECT count(*) FROM lettuce.jobs WHERE state = 'completed'",
+        )
+        .await;
         (n == 0).then_some(())
     })
     .await;
-    let kept: i64 = client
-        .query_one(
-            "SELECT count(*) FROM lettuce.jobs WHERE state = 'discarded'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let kept: i64 = xtests::scalar(
+        &client,
+        "SELECT count(*) FROM lettuce.jobs WHERE state = 'discarded'",
+    )
+    .await;
     assert_eq!(kept, 1, "discarded rows keep their own retention");
     // Our own row survives many sweeps because the lease heartbeat refreshes it.
     let alive: i64 = client

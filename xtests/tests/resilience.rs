@@ -70,14 +70,11 @@ async fn leases_are_extended_and_a_killed_workers_job_is_rescued() {
     let a_id = worker_id_of(&a);
     let client = db.client().await;
     let long = enqueue_sql(&client, "diag.sleep", json!({"ms": 600000})).await;
-    let last_try: i64 = client
-        .query_one(
-            "SELECT lettuce.enqueue('diag.sleep', '{\"ms\": 600000}', max_attempts => 1)",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let last_try: i64 = xtests::scalar(
+        &client,
+        "SELECT lettuce.enqueue('diag.sleep', '{\"ms\": 600000}', max_attempts => 1)",
+    )
+    .await;
     // Both run; the heartbeat pushes their leases forward.
     let first_lease = eventually(LIMIT, "jobs running", || async {
         let r = client
@@ -91,14 +88,11 @@ async fn leases_are_extended_and_a_killed_workers_job_is_rescued() {
     })
     .await;
     eventually(LIMIT, "a lease extension", || async {
-        let r: Option<String> = client
-            .query_one(
-                "SELECT min(lease_expires_at)::text FROM lettuce.jobs WHERE state = 'running'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let r: Option<String> = xtests::scalar(
+            &client,
+            "SELECT min(lease_expires_at)::text FROM lettuce.jobs WHERE state = 'running'",
+        )
+        .await;
         r.filter(|l| *l > first_lease).map(|_| ())
     })
     .await;
@@ -199,14 +193,11 @@ async fn sigterm_drains_within_the_grace_and_hands_back_the_rest() {
     let short = enqueue_sql(&client, "diag.sleep", json!({"ms": 1200})).await;
     let long = enqueue_sql(&client, "diag.sleep", json!({"ms": 600000})).await;
     eventually(LIMIT, "both running", || async {
-        let n: i64 = client
-            .query_one(
-                "SELECT count(*) FROM lettuce.jobs WHERE state = 'running'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let n: i64 = xtests::scalar(
+            &client,
+            "SELECT count(*) FROM lettuce.jobs WHERE state = 'running'",
+        )
+        .await;
         (n == 2).then_some(())
     })
     .await;
@@ -313,32 +304,19 @@ async fn chaos_sigkill_workers_while_thousands_of_jobs_run() {
     })
     .await;
     assert_eq!(done.len(), 1, "only completed jobs remain: {done:?}");
-    let never: i64 = client
-        .query_one(
-            "SELECT count(*) FROM lettuce.jobs j WHERE kind = 'diag.record'
+    let never: i64 = xtests::scalar(
+        &client,
+        "SELECT count(*) FROM lettuce.jobs j WHERE kind = 'diag.record'
                AND NOT EXISTS (SELECT 1 FROM lettuce.diag_executions d WHERE d.job_id = j.id)",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    )
+    .await;
     assert_eq!(never, 0, "every diag.record job ran at least once");
-    let twice: i64 = client
-        .query_one(
-            "SELECT count(*) FROM (SELECT job_id FROM lettuce.diag_executions GROUP BY job_id HAVING count(*) > 1) d",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let rescued: i64 = client
-        .query_one(
-            "SELECT count(*) FROM lettuce.jobs WHERE errors::text LIKE '%presumed dead%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let twice: i64 = xtests::scalar(&client, "SELECT count(*) FROM (SELECT job_id FROM lettuce.diag_executions GROUP BY job_id HAVING count(*) > 1) d").await;
+    let rescued: i64 = xtests::scalar(
+        &client,
+        "SELECT count(*) FROM lettuce.jobs WHERE errors::text LIKE '%presumed dead%'",
+    )
+    .await;
     println!(
         "chaos: {kills} SIGKILLs in {:.1}s; 3600 jobs completed; {rescued} rescued after a kill; {twice} diag.record jobs ran twice (at-least-once)",
         started.elapsed().as_secs_f64()
@@ -375,14 +353,7 @@ async fn killed_database_connections_are_reestablished_without_loss() {
     // Again, then a job that only a re-established LISTEN can pick up quickly (poll is 10 min).
     client.query_one(kill_all, &[]).await.unwrap();
     eventually(LIMIT, "listeners back", || async {
-        let n: i64 = client
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'lettuce-listener'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let n: i64 = xtests::scalar(&client, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'lettuce-listener'").await;
         (n == 2).then_some(())
     })
     .await;
@@ -575,22 +546,16 @@ async fn bad_input_never_stops_the_worker() {
     let unknown = enqueue_sql(&client, "no.such.kind", json!({})).await;
     let misshapen = enqueue_sql(&client, "diag.fail", json!({"times": "many"})).await;
     let not_object = enqueue_sql(&client, "diag.sleep", json!([1, 2, 3])).await;
-    let panics: i64 = client
-        .query_one(
-            "SELECT lettuce.enqueue('diag.panic', max_attempts => 1)",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let hangs: i64 = client
-        .query_one(
-            "SELECT lettuce.enqueue('diag.sleep', '{\"ms\": 3600000}', max_attempts => 1)",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let panics: i64 = xtests::scalar(
+        &client,
+        "SELECT lettuce.enqueue('diag.panic', max_attempts => 1)",
+    )
+    .await;
+    let hangs: i64 = xtests::scalar(
+        &client,
+        "SELECT lettuce.enqueue('diag.sleep', '{\"ms\": 3600000}', max_attempts => 1)",
+    )
+    .await;
     let big = json!({ "blob": "x".repeat(10 * 1024 * 1024) });
     let huge = enqueue_sql(&client, "diag.noop", big).await;
     let normal: Vec<NewJob> = (0..200)
