@@ -94,6 +94,8 @@ pub async fn run(
             registry,
             health,
             services,
+            // Wired from the license claims and gate 4's decision by the gates issue.
+            heartbeat: None,
         },
         shutdown,
         on_start,

@@ -6,11 +6,13 @@
 //! - `jobs.rs`: one function per job statement, each fenced where the SPEC asks.
 //! - `listener.rs`: the dedicated LISTEN connection and its reconnect loop.
 //! - `workers.rs`: presence rows in `lettuce.workers`.
+//! - `telemetry.rs`: the daily heartbeat's per-day claim, receipt and reported figures.
 
 pub mod diag;
 pub mod jobs;
 pub mod listener;
 pub mod schema;
+pub mod telemetry;
 pub mod workers;
 
 use std::str::FromStr;

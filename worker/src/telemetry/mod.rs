@@ -1,5 +1,8 @@
 //! Logging and tracing setup: `tracing` to stderr, human by default, JSON with
 //! `LETTUCE_LOG_FORMAT=json`, level from `RUST_LOG` (default `info`).
+//! `heartbeat` is the daily telemetry ping (SPEC §8).
+
+pub mod heartbeat;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::prelude::*;
