@@ -187,8 +187,11 @@ impl Payload {
             license_id: cfg.license_id.clone(),
             customer: cfg.customer.clone(),
             version: cfg.version.clone(),
+            // Whole seconds: the receiver needs no more, and the body stays small and plain.
             sent_at: sent_at
                 .to_offset(UtcOffset::UTC)
+                .replace_nanosecond(0)
+                .unwrap_or(sent_at)
                 .format(&Rfc3339)
                 // Rfc3339 fails only for years outside 0..=9999.
                 .unwrap_or_else(|_| sent_at.unix_timestamp().to_string()),
@@ -555,7 +558,7 @@ mod tests {
 
     #[test]
     fn body_has_exactly_the_documented_fields_with_their_types() {
-        let now = time::macros::datetime!(2026-11-29 05:06:07 UTC);
+        let now = time::macros::datetime!(2026-11-29 05:06:07.123456 UTC);
         let body = Payload::new(
             &cfg(),
             Uuid::nil(),
