@@ -150,6 +150,10 @@ struct Capture(Arc<Mutex<Vec<u8>>>);
 
 impl Write for Capture {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        // `XTESTS_LOG=1` also shows the worker's logs, for debugging a failing test.
+        if std::env::var_os("XTESTS_LOG").is_some() {
+            let _ = std::io::stderr().write_all(b);
+        }
         self.0.lock().unwrap().extend_from_slice(b);
         Ok(b.len())
     }
@@ -181,7 +185,9 @@ impl Worker {
     async fn start(env: &HashMap<String, String>, heartbeat: Option<HeartbeatConfig>) -> Worker {
         logs();
         let config = Arc::new(Config::load(env).expect("test config loads"));
-        let pool = lettuce_worker::boot::connect(&config).await.expect("connect");
+        let pool = lettuce_worker::boot::connect(&config)
+            .await
+            .expect("connect");
         lettuce_worker::boot::schema(&pool).await.expect("schema");
         let health = Arc::new(Health::default());
         health.set_pool(pool.clone());
@@ -315,13 +321,17 @@ async fn three_replicas_started_together_send_exactly_one_post() {
         .iter()
         .map(|w| w.heartbeat().activations())
         .collect();
-    eventually(Duration::from_secs(20), "five more activations each", || {
-        let done = [&a, &b, &c]
-            .iter()
-            .zip(&marks)
-            .all(|(w, m)| w.heartbeat().activations() >= m + 5);
-        async move { done.then_some(()) }
-    })
+    eventually(
+        Duration::from_secs(20),
+        "five more activations each",
+        || {
+            let done = [&a, &b, &c]
+                .iter()
+                .zip(&marks)
+                .all(|(w, m)| w.heartbeat().activations() >= m + 5);
+            async move { done.then_some(()) }
+        },
+    )
     .await;
     let seen = rx.seen();
     assert_eq!(seen.len(), 1, "exactly one POST for three replicas");
@@ -425,7 +435,9 @@ async fn body_has_exactly_the_twelve_fields_with_values_from_the_database() {
     let sent_at =
         OffsetDateTime::parse(body["sent_at"].as_str().expect("sent_at string"), &Rfc3339)
             .expect("sent_at is RFC 3339");
-    assert!(sent_at >= before.replace_nanosecond(0).unwrap() && sent_at <= OffsetDateTime::now_utc());
+    assert!(
+        sent_at >= before.replace_nanosecond(0).unwrap() && sent_at <= OffsetDateTime::now_utc()
+    );
     assert_eq!(body["seats_licensed"], serde_json::json!(25));
     assert!(body["repos_licensed"].is_null());
     let (workers, completed, failed): (i64, i64, i64) = {
@@ -459,9 +471,11 @@ async fn failures_retry_with_backoff_the_same_day_without_blocking_jobs() {
     let client = db.client().await;
 
     // 500: retried, with at least the backoff between attempts, no receipt.
-    eventually(Duration::from_secs(15), "three attempts answered 500", || async {
-        (rx.count() >= 3).then_some(())
-    })
+    eventually(
+        Duration::from_secs(15),
+        "three attempts answered 500",
+        || async { (rx.count() >= 3).then_some(()) },
+    )
     .await;
     let seen = rx.seen();
     for pair in seen.windows(2) {
@@ -502,18 +516,23 @@ async fn failures_retry_with_backoff_the_same_day_without_blocking_jobs() {
         let (state, _, _) = xtests::wait_final(&client, id, Duration::from_secs(20)).await;
         assert_eq!(state, "completed");
     }
-    eventually(Duration::from_secs(15), "a timed-out attempt recorded", || {
-        let client = &client;
-        let rx = &rx;
-        async move {
-            let err: Option<String> = client
-                .query_one("SELECT last_error FROM lettuce.telemetry_heartbeats", &[])
-                .await
-                .unwrap()
-                .get(0);
-            (rx.count() > hung_from && err.is_some_and(|e| e.contains("timed out"))).then_some(())
-        }
-    })
+    eventually(
+        Duration::from_secs(15),
+        "a timed-out attempt recorded",
+        || {
+            let client = &client;
+            let rx = &rx;
+            async move {
+                let err: Option<String> = client
+                    .query_one("SELECT last_error FROM lettuce.telemetry_heartbeats", &[])
+                    .await
+                    .unwrap()
+                    .get(0);
+                (rx.count() > hung_from && err.is_some_and(|e| e.contains("timed out")))
+                    .then_some(())
+            }
+        },
+    )
     .await;
     assert!(receipt(&client).await.is_none());
 
@@ -587,9 +606,11 @@ async fn redirects_to_another_host_are_not_followed_but_same_host_ones_are() {
     .await;
     let w = Worker::start(&db.env(), Some(fast(&rx.url()))).await;
     let client = db.client().await;
-    eventually(Duration::from_secs(15), "two redirected attempts", || async {
-        (rx.count() >= 2).then_some(())
-    })
+    eventually(
+        Duration::from_secs(15),
+        "two redirected attempts",
+        || async { (rx.count() >= 2).then_some(()) },
+    )
     .await;
     assert_eq!(other.count(), 0, "the other host saw nothing");
     assert!(receipt(&client).await.is_none());
@@ -685,7 +706,11 @@ async fn seven_days_without_receipt_warns_once_a_day() {
         .unwrap();
     assert_eq!(status.receipt_age.unwrap().whole_days(), 6);
     assert!(!status.receipt_stale);
-    assert!(status.describe().starts_with("last receipt 6 d ago"), "{}", status.describe());
+    assert!(
+        status.describe().starts_with("last receipt 6 d ago"),
+        "{}",
+        status.describe()
+    );
     w.stop().await;
 }
 
@@ -706,23 +731,29 @@ async fn dev_mode_never_sends() {
         Worker::start(&on_env, Some(fast(&on_rx.url()))),
     );
     assert!(dev.handle.heartbeat.is_none(), "no heartbeat task to force");
-    eventually(Duration::from_secs(10), "the control's heartbeat", || async {
-        (on_rx.count() >= 1).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the control's heartbeat",
+        || async { (on_rx.count() >= 1).then_some(()) },
+    )
     .await;
     let mark = on.heartbeat().activations();
-    eventually(Duration::from_secs(10), "five more control activations", || async {
-        (on.heartbeat().activations() >= mark + 5).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "five more control activations",
+        || async { (on.heartbeat().activations() >= mark + 5).then_some(()) },
+    )
     .await;
 
     // The binary too: `worker run` without LETTUCE_SELF_HOSTED.
     let mut bin = xtests::WorkerProcess::start(&["run"], &env);
     bin.wait_ready(Duration::from_secs(30)).await;
     let mark = on.heartbeat().activations();
-    eventually(Duration::from_secs(10), "ten more control activations", || async {
-        (on.heartbeat().activations() >= mark + 10).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "ten more control activations",
+        || async { (on.heartbeat().activations() >= mark + 10).then_some(()) },
+    )
     .await;
 
     assert_eq!(dev_rx.count(), 0, "dev mode sent a heartbeat");

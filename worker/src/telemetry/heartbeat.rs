@@ -25,8 +25,8 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::db::{self, DbError, DbPool};
-use crate::runtime::periodic::PeriodicTask;
 use crate::runtime::jitter;
+use crate::runtime::periodic::PeriodicTask;
 
 /// The body's fields, in order. The contract: adding or removing one is a breaking change to
 /// what customers were promised, and tests pin this list.
@@ -207,7 +207,7 @@ impl Payload {
 /// Why one send did not produce a receipt.
 #[derive(Debug, thiserror::Error)]
 pub enum HeartbeatError {
-    #[error("{0}")]
+    #[error("{}", db_error_text(.0))]
     Db(#[from] DbError),
     #[error("receiver unreachable or too slow: {0}")]
     Transport(String),
@@ -451,7 +451,7 @@ impl PeriodicTask for Heartbeat {
         // The claim above created the day's row the warning is recorded on.
         let warned = self.warn_if_stale(day, now).await;
         let status = sent.map_err(|e| e.to_string())?;
-        warned.map_err(|e| e.to_string())?;
+        warned.map_err(|e| db_error_text(&e))?;
         Ok(status)
     }
 }
@@ -523,6 +523,14 @@ pub fn describe_age(age: time::Duration) -> String {
         s if s >= 3_600 => format!("{} h", s / 3_600),
         s if s >= 60 => format!("{} min", s / 60),
         s => format!("{s} s"),
+    }
+}
+
+/// A database error with the server's message (`DbError`'s own text stops at "db error").
+fn db_error_text(e: &DbError) -> String {
+    match e {
+        DbError::Postgres(pg) => format!("database error: {}", db::error_text(pg)),
+        other => other.to_string(),
     }
 }
 
