@@ -193,7 +193,10 @@ impl Worker {
         health.set_pool(pool.clone());
         let deps = Deps {
             registry: lettuce_worker::handlers::registry_for(&config),
-            services: Arc::new(lettuce_worker::handlers::Services::new(pool.clone())),
+            services: Arc::new(lettuce_worker::handlers::Services::new(
+                pool.clone(),
+                lettuce_worker::boot::artifact_store(&config).expect("artifact store"),
+            )),
             pool,
             health,
             heartbeat,
@@ -769,4 +772,116 @@ async fn dev_mode_never_sends() {
     assert_eq!(bin.wait_exit(Duration::from_secs(30)).await, Some(0));
     dev.stop().await;
     on.stop().await;
+}
+
+/// Self-hosted variables for a freshly signed license: the public key and cache in a scratch
+/// directory, the receiver at `url`.
+fn licensed_env(
+    db: &TestDb,
+    claims: &lettuce_worker::boot::license::Claims,
+    url: &str,
+) -> HashMap<String, String> {
+    use lettuce_worker::boot::license;
+    let dir = std::env::temp_dir().join(format!("{}-lic", db.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = license::generate_signing_key();
+    std::fs::write(
+        dir.join("public.pem"),
+        license::public_key_pem(&key.verifying_key()),
+    )
+    .unwrap();
+    let mut env = db.env();
+    for (k, v) in [
+        ("LETTUCE_SELF_HOSTED", "true".to_string()),
+        ("LETTUCE_LICENSE_KEY", license::sign(claims, &key)),
+        (
+            "LETTUCE_LICENSE_PUBLIC_KEY",
+            dir.join("public.pem").display().to_string(),
+        ),
+        (
+            "LETTUCE_LICENSE_CACHE_PATH",
+            dir.join("license.json").display().to_string(),
+        ),
+        ("LETTUCE_TELEMETRY_URL", url.to_string()),
+        // The opt-out: honoured only when the license does not require telemetry.
+        ("LETTUCE_TELEMETRY_ENABLED", "false".to_string()),
+    ] {
+        env.insert(k.into(), v);
+    }
+    env
+}
+
+fn license_claims(required: bool) -> lettuce_worker::boot::license::Claims {
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    lettuce_worker::boot::license::Claims {
+        sub: "Initech".into(),
+        jti: format!("lic-{:08x}", rand::random::<u32>()),
+        iat: Some(now - 86_400),
+        exp: now + 86_400 * 365,
+        nbf: None,
+        seats: Some(40),
+        repos: Some(300),
+        telemetry_required: required,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_binary_sends_the_licensed_heartbeat_and_honours_an_allowed_opt_out() {
+    // Required by the license: the operator's opt-out is overridden and the ping goes out,
+    // carrying the verified claims.
+    let required_db = TestDb::new().await;
+    let required_rx = Receiver::start(Mode::Ok).await;
+    let required = license_claims(true);
+    let mut on = xtests::WorkerProcess::start(
+        &["run"],
+        &licensed_env(&required_db, &required, &required_rx.url()),
+    );
+    // Not required: the opt-out is honoured. Started together, so once the first has sent,
+    // the second has had the same chance.
+    let optional_db = TestDb::new().await;
+    let optional_rx = Receiver::start(Mode::Ok).await;
+    let mut off = xtests::WorkerProcess::start(
+        &["run"],
+        &licensed_env(&optional_db, &license_claims(false), &optional_rx.url()),
+    );
+    on.wait_ready(Duration::from_secs(30)).await;
+    off.wait_ready(Duration::from_secs(30)).await;
+    let ready = Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "the day's first heartbeat within 10 s of ready",
+        || async { (required_rx.count() >= 1).then_some(()) },
+    )
+    .await;
+    eprintln!("binary: first heartbeat {:?} after ready", ready.elapsed());
+    let body = required_rx.seen()[0].json();
+    assert_eq!(body["license_id"], required.jti.as_str());
+    assert_eq!(body["customer"], "Initech");
+    assert_eq!(body["seats_licensed"], serde_json::json!(40));
+    assert_eq!(body["repos_licensed"], serde_json::json!(300));
+    let client = required_db.client().await;
+    eventually(Duration::from_secs(10), "the receipt", || {
+        let client = &client;
+        async move { receipt(client).await }
+    })
+    .await;
+
+    off.signal(libc::SIGTERM);
+    assert_eq!(off.wait_exit(Duration::from_secs(30)).await, Some(0));
+    assert_eq!(
+        optional_rx.count(),
+        0,
+        "an allowed opt-out was not honoured"
+    );
+    let rows: i64 = optional_db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM lettuce.telemetry_heartbeats", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0);
+    on.signal(libc::SIGTERM);
+    assert_eq!(on.wait_exit(Duration::from_secs(30)).await, Some(0));
+    assert_eq!(required_rx.count(), 1);
 }
