@@ -30,6 +30,7 @@ use crate::db::workers::WorkerRow;
 use crate::db::{self, DbPool};
 use crate::handlers::{Registry, Services};
 use crate::health::Health;
+use crate::metrics::Metrics;
 use crate::telemetry::heartbeat::{self, HeartbeatConfig, HeartbeatHandle};
 use outcome::RetryPolicy;
 
@@ -67,6 +68,8 @@ pub struct Deps {
     /// The daily telemetry heartbeat, present only when boot resolved telemetry as effective
     /// (self-hosted with a verified license). `None` (dev mode) sends nothing.
     pub heartbeat: Option<HeartbeatConfig>,
+    /// Per-attempt metrics, also read by `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 /// State shared by the runtime's tasks.
@@ -80,6 +83,7 @@ pub(crate) struct Shared {
     pub inflight: Inflight,
     pub policy: RetryPolicy,
     pub stats: Arc<RuntimeStats>,
+    pub metrics: Arc<Metrics>,
     /// Parent of every attempt's token; cancelled in shutdown phase two.
     pub cancel_jobs: CancellationToken,
     pub executors: TaskTracker,
@@ -127,6 +131,7 @@ pub async fn run(
             max: config.retry_max,
         },
         stats: stats.clone(),
+        metrics: deps.metrics.clone(),
         cancel_jobs: cancel_jobs.clone(),
         executors: TaskTracker::new(),
         completions: tx,
@@ -142,6 +147,7 @@ pub async fn run(
             .collect(),
     );
     let listener_stats = Arc::new(ListenerStats::default());
+    deps.metrics.set_listener(listener_stats.clone());
     let pg_config = db::parse_url(config.database_url.expose())?;
     background.spawn(db::listener::run(
         pg_config,

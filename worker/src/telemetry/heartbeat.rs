@@ -22,6 +22,7 @@ use time::{Date, OffsetDateTime, UtcOffset};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::db::{self, DbError, DbPool};
@@ -356,14 +357,17 @@ struct Heartbeat {
 impl Heartbeat {
     /// One POST. `Ok` only for a 2xx.
     async fn send(&self, body: &Payload) -> Result<u16, HeartbeatError> {
+        let span = super::http_client_span("POST", &self.cfg.url);
         let response = self
             .client
             .post(&self.cfg.url)
             .json(body)
             .send()
+            .instrument(span.clone())
             .await
             .map_err(|e| HeartbeatError::Transport(error_chain(&e)))?;
         let status = response.status();
+        span.record("http.response.status_code", status.as_u16());
         if status.is_success() {
             Ok(status.as_u16())
         } else if status.is_redirection() {
