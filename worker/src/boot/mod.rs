@@ -23,6 +23,7 @@ use crate::db::{self, DbError, DbPool};
 use crate::handlers::{Registry, Services};
 use crate::health::Health;
 use crate::runtime::{self, Deps, RuntimeHandle};
+use crate::telemetry::heartbeat::HeartbeatConfig;
 
 /// Why the worker did not start (or stopped with an error). Each maps to an exit code.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +104,21 @@ pub fn gates(config: &Config, now: time::OffsetDateTime) -> Result<Gates, BootEr
     })
 }
 
+/// What the daily heartbeat needs, when gate 4 made telemetry effective: the receiver and the
+/// verified license's facts. `None` (dev mode, or telemetry off) means nothing is ever sent.
+pub fn heartbeat_config(gates: &Gates) -> Option<HeartbeatConfig> {
+    let claims = &gates.license.as_ref()?.claims;
+    gates.telemetry.effective.then(|| {
+        HeartbeatConfig::new(
+            gates.telemetry.url.clone(),
+            claims.jti.clone(),
+            claims.sub.clone(),
+            claims.seats,
+            claims.repos,
+        )
+    })
+}
+
 /// Builds the artifact store (no network call) and logs where artifacts go; warns when a
 /// self-hosted install keeps them on the local disk.
 pub fn artifact_store(config: &Config) -> Result<Arc<ArtifactStore>, BootError> {
@@ -157,6 +173,7 @@ pub async fn run(
             registry,
             health,
             services,
+            heartbeat: heartbeat_config(&gates),
             metrics,
         },
         shutdown,

@@ -6,6 +6,7 @@
 //! - `jobs.rs`: one function per job statement, each fenced where the SPEC asks.
 //! - `listener.rs`: the dedicated LISTEN connection and its reconnect loop.
 //! - `workers.rs`: presence rows in `lettuce.workers`.
+//! - `telemetry.rs`: the daily heartbeat's per-day claim, receipt and reported figures.
 
 pub mod diag;
 pub mod entitlements;
@@ -13,6 +14,7 @@ pub mod jobs;
 pub mod listener;
 pub mod probe;
 pub mod schema;
+pub mod telemetry;
 pub mod workers;
 
 use std::str::FromStr;

@@ -32,6 +32,7 @@ use crate::db::{self, DbPool};
 use crate::handlers::{Registry, Services};
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::telemetry::heartbeat::{self, HeartbeatConfig, HeartbeatHandle};
 use outcome::RetryPolicy;
 
 /// Attempts in flight in this process, by job id. The lease keeper reads it; executors add;
@@ -65,6 +66,9 @@ pub struct Deps {
     pub registry: Registry,
     pub health: Arc<Health>,
     pub services: Arc<Services>,
+    /// The daily telemetry heartbeat, present only when boot resolved telemetry as effective
+    /// (self-hosted with a verified license). `None` (dev mode) sends nothing.
+    pub heartbeat: Option<HeartbeatConfig>,
     /// Per-attempt metrics, also read by `/metrics`.
     pub metrics: Arc<Metrics>,
 }
@@ -93,6 +97,8 @@ pub struct RuntimeHandle {
     pub worker_id: String,
     pub stats: Arc<RuntimeStats>,
     pub listener: Arc<ListenerStats>,
+    /// The telemetry heartbeat's trigger and counters, when it runs in this process.
+    pub heartbeat: Option<HeartbeatHandle>,
 }
 
 /// Runs the worker until `shutdown` resolves, then drains. Returns once every attempt was
@@ -152,6 +158,19 @@ pub async fn run(
     ));
     background.spawn(lease::run(shared.clone(), stop_background.clone()));
     maintenance::spawn_all(&background, shared.clone(), stop_background.clone());
+    let heartbeat = deps.heartbeat.and_then(|cfg| {
+        heartbeat::spawn(
+            &background,
+            cfg,
+            deps.pool.clone(),
+            worker.id.clone(),
+            stop_background.clone(),
+        )
+        // A heartbeat that cannot start must not stop jobs; the 7-day warning is lost too,
+        // so say so loudly.
+        .inspect_err(|e| tracing::error!(error = %e, "telemetry heartbeat not started"))
+        .ok()
+    });
     let completer_closed = CancellationToken::new();
     let completer = tokio::spawn(completer::run(shared.clone(), rx, completer_closed.clone()));
 
@@ -177,6 +196,7 @@ pub async fn run(
         worker_id: worker.id.clone(),
         stats: stats.clone(),
         listener: listener_stats,
+        heartbeat,
     });
 
     shutdown.await;

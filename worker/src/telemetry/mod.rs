@@ -17,7 +17,10 @@
 //!
 //! A job span is the child of the `traceparent` stored with the job when there is one;
 //! [`current_traceparent`] is what the Rust enqueue API stores.
+//!
+//! [`heartbeat`] is the daily telemetry ping (SPEC §8).
 
+pub mod heartbeat;
 pub mod otlp;
 
 use std::collections::HashMap;
