@@ -25,9 +25,10 @@ RUN mkdir -p worker/src xtests/src \
     && cargo build --release --locked -p lettuce-worker \
     && rm -rf worker/src
 
-# Our sources. COPY keeps the files' original modification times, which can be older than the
+# Our sources, and the compose files `worker init` embeds. COPY keeps the files' original modification times, which can be older than the
 # stand-ins built above; touching them makes cargo's fingerprint see the change.
 COPY worker worker
+COPY compose/docker-compose.yml compose/otel-collector.yaml compose/
 RUN find worker -type f -exec touch {} + \
     && cargo build --release --locked -p lettuce-worker \
     && install -D -m 0755 target/release/worker /out/worker
