@@ -67,7 +67,7 @@ pub struct Args {
     #[arg(long, value_name = "V")]
     pub version: String,
     /// Verify with this Ed25519 public key (a path or inline PEM) instead of the bundled one
-    #[arg(long, value_name = "PEM")]
+    #[arg(long, value_name = "PEM", allow_hyphen_values = true)]
     pub public_key: Option<String>,
     /// Directory to write into (created when missing)
     #[arg(long, value_name = "DIR", default_value = ".")]
