@@ -7,6 +7,8 @@
 //!
 //! then the runtime. `check-config` calls the same gate functions in report mode.
 
+pub mod license;
+
 use std::future::Future;
 use std::sync::Arc;
 
@@ -23,6 +25,8 @@ use crate::runtime::{self, Deps, RuntimeHandle};
 pub enum BootError {
     #[error("{0}")]
     Config(#[from] ConfigError),
+    #[error("{0}")]
+    License(#[from] license::LicenseError),
     #[error("DatabaseUnavailable: {0}")]
     Database(DbError),
     #[error("SchemaError: {0}")]
@@ -38,6 +42,7 @@ impl BootError {
     pub fn exit_code(&self) -> u8 {
         match self {
             BootError::Config(_) => 2,
+            BootError::License(_) => 3,
             BootError::Database(_) => 5,
             BootError::Schema(_) => 6,
             BootError::Http { .. } | BootError::Runtime(_) => 1,
@@ -70,6 +75,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     on_start: impl FnOnce(RuntimeHandle),
 ) -> Result<(), BootError> {
+    // Gate 2 runs before anything listens or connects: a refused license touches nothing.
+    let _license = license::gate(&config, time::OffsetDateTime::now_utc())?;
     let config = Arc::new(config);
     let health = Arc::new(Health::default());
     let http_stop = CancellationToken::new();
