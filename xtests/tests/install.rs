@@ -176,7 +176,10 @@ fn compose_minio_is_healthchecked_and_a_one_shot_creates_the_bucket() {
     let doc = compose();
     let minio = service(&doc, "minio");
     assert!(default_of(str_of(&minio["image"], "minio image")).starts_with("minio/minio:"));
-    assert!(has(&minio["healthcheck"], "test"), "minio has a healthcheck");
+    assert!(
+        has(&minio["healthcheck"], "test"),
+        "minio has a healthcheck"
+    );
     assert!(
         minio["volumes"]
             .as_vec()
@@ -216,7 +219,11 @@ fn compose_worker_image_build_env_and_dependencies() {
     let context = str_of(&worker["build"]["context"], "build context");
     let dockerfile = str_of(&worker["build"]["dockerfile"], "dockerfile");
     assert!(
-        repo_root().join("compose").join(context).join(dockerfile).is_file(),
+        repo_root()
+            .join("compose")
+            .join(context)
+            .join(dockerfile)
+            .is_file(),
         "build context {context} has {dockerfile}"
     );
     let env_files: Vec<&str> = match &worker["env_file"] {
@@ -299,7 +306,10 @@ fn compose_observability_profile_runs_an_otel_collector() {
         .filter_map(|p| p.as_str())
         .collect();
     assert_eq!(profiles, ["observability"]);
-    assert!(default_of(str_of(&collector["image"], "collector image")).contains("opentelemetry-collector"));
+    assert!(
+        default_of(str_of(&collector["image"], "collector image"))
+            .contains("opentelemetry-collector")
+    );
     // No service outside the profile depends on it, or a plain `up` would fail.
     for (name, svc) in doc["services"].as_hash().unwrap() {
         assert!(
@@ -319,7 +329,10 @@ fn compose_observability_profile_runs_an_otel_collector() {
     let config = parse_yaml(&read(&format!("compose/{file}")));
     assert!(has(&config["receivers"]["otlp"]["protocols"], "http"));
     assert!(has(&config["receivers"]["otlp"]["protocols"], "grpc"));
-    let receivers = format!("{:?}", config["service"]["pipelines"]["traces"]["receivers"]);
+    let receivers = format!(
+        "{:?}",
+        config["service"]["pipelines"]["traces"]["receivers"]
+    );
     assert!(receivers.contains("otlp"), "{receivers}");
 }
 
@@ -338,9 +351,11 @@ fn env_example() -> BTreeMap<String, String> {
             continue;
         }
         let assignment = line.trim_start_matches('#').trim_start();
-        let is_assignment = assignment
-            .split_once('=')
-            .is_some_and(|(k, _)| !k.is_empty() && k.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'));
+        let is_assignment = assignment.split_once('=').is_some_and(|(k, _)| {
+            !k.is_empty()
+                && k.chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        });
         if is_assignment {
             let name = assignment.split_once('=').unwrap().0.to_string();
             out.insert(name, description.clone());
@@ -406,7 +421,9 @@ fn dockerfile() -> Vec<(String, String)> {
             continue;
         }
         current.push_str(trimmed);
-        let (keyword, args) = current.split_once(char::is_whitespace).unwrap_or((&current, ""));
+        let (keyword, args) = current
+            .split_once(char::is_whitespace)
+            .unwrap_or((&current, ""));
         out.push((keyword.to_ascii_uppercase(), args.trim().to_string()));
         current.clear();
     }
@@ -439,25 +456,39 @@ fn dockerfile_builder_caches_dependencies_before_sources() {
     assert_eq!(name, "builder");
     assert!(image.starts_with("rust:"), "{image}");
     let position = |pred: &dyn Fn(&(String, String)) -> bool| steps.iter().position(pred);
-    let manifests = position(&|(k, a)| k == "COPY" && a.contains("Cargo.toml") && a.contains("Cargo.lock"))
-        .expect("COPY of the manifests");
+    let manifests =
+        position(&|(k, a)| k == "COPY" && a.contains("Cargo.toml") && a.contains("Cargo.lock"))
+            .expect("COPY of the manifests");
     let schema = position(&|(k, a)| k == "COPY" && a.starts_with("schema"))
         .expect("COPY of schema/ (build.rs embeds it)");
-    let dep_build = position(&|(k, a)| k == "RUN" && a.contains("cargo build"))
-        .expect("a dependency build");
+    let dep_build =
+        position(&|(k, a)| k == "RUN" && a.contains("cargo build")).expect("a dependency build");
     let sources = position(&|(k, a)| k == "COPY" && a.starts_with("worker "))
         .expect("COPY of the worker sources");
     let final_build = steps
         .iter()
         .rposition(|(k, a)| k == "RUN" && a.contains("cargo build"))
         .unwrap();
-    assert!(manifests < dep_build && schema < dep_build, "manifests and schema/ before the dependency build");
-    assert!(dep_build < sources, "the dependency layer is built before the sources are copied");
-    assert!(sources < final_build, "the real build comes after the sources");
+    assert!(
+        manifests < dep_build && schema < dep_build,
+        "manifests and schema/ before the dependency build"
+    );
+    assert!(
+        dep_build < sources,
+        "the dependency layer is built before the sources are copied"
+    );
+    assert!(
+        sources < final_build,
+        "the real build comes after the sources"
+    );
     assert!(steps[dep_build].1.contains("--locked"));
     // `worker init` embeds the compose files, so the builder must have them.
-    let compose_copy = position(&|(k, a)| k == "COPY" && a.contains("compose/docker-compose.yml") && a.contains("compose/otel-collector.yaml"))
-        .expect("COPY of the compose files");
+    let compose_copy = position(&|(k, a)| {
+        k == "COPY"
+            && a.contains("compose/docker-compose.yml")
+            && a.contains("compose/otel-collector.yaml")
+    })
+    .expect("COPY of the compose files");
     assert!(compose_copy < final_build);
 }
 
@@ -466,25 +497,51 @@ fn dockerfile_runtime_is_slim_non_root_and_healthchecked() {
     let stages = stages();
     let (_, image, steps) = stages.last().unwrap();
     assert_eq!(image, "debian:bookworm-slim");
-    let all = |k: &str| -> Vec<&str> { steps.iter().filter(|(kw, _)| kw == k).map(|(_, a)| a.as_str()).collect() };
+    let all = |k: &str| -> Vec<&str> {
+        steps
+            .iter()
+            .filter(|(kw, _)| kw == k)
+            .map(|(_, a)| a.as_str())
+            .collect()
+    };
     let runs = all("RUN").join(" && ");
-    assert!(runs.contains("apt-get install") && runs.contains("ca-certificates") && runs.contains(" git"), "{runs}");
-    assert!(runs.contains("rm -rf /var/lib/apt/lists"), "apt lists are cleaned");
+    assert!(
+        runs.contains("apt-get install")
+            && runs.contains("ca-certificates")
+            && runs.contains(" git"),
+        "{runs}"
+    );
+    assert!(
+        runs.contains("rm -rf /var/lib/apt/lists"),
+        "apt lists are cleaned"
+    );
 
     let user = *all("USER").last().expect("USER");
     let user_name = user.split(':').next().unwrap();
-    assert!(user_name != "root" && user_name != "0", "non-root USER, got {user}");
+    assert!(
+        user_name != "root" && user_name != "0",
+        "non-root USER, got {user}"
+    );
     assert!(runs.contains("useradd"), "the user is created");
     for dir in ["/var/lib/lettuce/data", "/var/cache/lettuce"] {
-        assert!(runs.contains("mkdir -p") && runs.contains(dir), "{dir} is created");
+        assert!(
+            runs.contains("mkdir -p") && runs.contains(dir),
+            "{dir} is created"
+        );
         let chown = runs
             .split("&&")
             .find(|c| c.trim_start().starts_with("chown"))
             .expect("a chown");
-        assert!(chown.contains(dir) && chown.contains(user_name), "{dir} is writable by {user_name}");
+        assert!(
+            chown.contains(dir) && chown.contains(user_name),
+            "{dir} is writable by {user_name}"
+        );
     }
     let envs = all("ENV").join(" ");
-    assert!(envs.contains("CODEWAZE_DATA_DIR=/var/lib/lettuce/data"), "{envs}");
+    assert!(
+        envs.contains("CODEWAZE_DATA_DIR=/var/lib/lettuce/data"),
+        "{envs}"
+    );
     assert!(envs.contains("LETTUCE_LICENSE_PUBLIC_KEY=/var/lib/lettuce/public.pem"));
 
     let key_copy = all("COPY")
@@ -492,16 +549,36 @@ fn dockerfile_runtime_is_slim_non_root_and_healthchecked() {
         .find(|a| a.ends_with("/var/lib/lettuce/public.pem"))
         .expect("the bundled public key is copied");
     assert!(key_copy.contains("worker/assets/public.pem"));
-    assert!(key_copy.contains("--chown=root"), "the key is root-owned: {key_copy}");
-    assert!(all("COPY").iter().any(|a| a.contains("--from=builder") && a.contains("/usr/local/bin/worker")));
+    assert!(
+        key_copy.contains("--chown=root"),
+        "the key is root-owned: {key_copy}"
+    );
+    assert!(
+        all("COPY")
+            .iter()
+            .any(|a| a.contains("--from=builder") && a.contains("/usr/local/bin/worker"))
+    );
 
     let healthcheck = all("HEALTHCHECK").join(" ");
-    assert!(healthcheck.ends_with(r#"CMD ["worker", "healthcheck"]"#), "{healthcheck}");
+    assert!(
+        healthcheck.ends_with(r#"CMD ["worker", "healthcheck"]"#),
+        "{healthcheck}"
+    );
     assert_eq!(all("ENTRYPOINT"), [r#"["worker"]"#]);
     assert_eq!(all("CMD"), [r#"["run"]"#]);
     let labels = all("LABEL").join(" ");
-    for key in ["title", "description", "source", "version", "revision", "licenses"] {
-        assert!(labels.contains(&format!("org.opencontainers.image.{key}=")), "OCI label {key}");
+    for key in [
+        "title",
+        "description",
+        "source",
+        "version",
+        "revision",
+        "licenses",
+    ] {
+        assert!(
+            labels.contains(&format!("org.opencontainers.image.{key}=")),
+            "OCI label {key}"
+        );
     }
 }
 
@@ -513,7 +590,11 @@ fn dockerignore_admits_what_the_dockerfile_copies_and_nothing_secret() {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(str::to_string)
         .collect();
-    assert_eq!(rules.first().map(String::as_str), Some("*"), "an allow-list");
+    assert_eq!(
+        rules.first().map(String::as_str),
+        Some("*"),
+        "an allow-list"
+    );
     let allowed = |path: &str| {
         rules.iter().filter_map(|r| r.strip_prefix('!')).any(|a| {
             let a = a.trim_end_matches('/');
@@ -524,9 +605,15 @@ fn dockerignore_admits_what_the_dockerfile_copies_and_nothing_secret() {
         if keyword != "COPY" || args.contains("--from=") {
             continue;
         }
-        let words: Vec<&str> = args.split_whitespace().filter(|w| !w.starts_with("--")).collect();
+        let words: Vec<&str> = args
+            .split_whitespace()
+            .filter(|w| !w.starts_with("--"))
+            .collect();
         for source in &words[..words.len() - 1] {
-            assert!(allowed(source.trim_end_matches('/')), "COPY {source} is in the build context");
+            assert!(
+                allowed(source.trim_end_matches('/')),
+                "COPY {source} is in the build context"
+            );
         }
     }
     for secret in ["compose/.env", "target/release/worker", ".git/config"] {
@@ -540,7 +627,10 @@ fn the_bundled_public_key_is_an_ed25519_spki_pem() {
     let pem = read("worker/assets/public.pem");
     let key = ed25519_dalek::VerifyingKey::from_public_key_pem(&pem).expect("Ed25519 SPKI PEM");
     assert!(!key.is_weak());
-    assert!(!pem.contains("PRIVATE"), "only the public key is in the repository");
+    assert!(
+        !pem.contains("PRIVATE"),
+        "only the public key is in the repository"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -611,8 +701,15 @@ impl Drop for Scratch {
 fn init(token: &str, public_key: Option<&str>, out: &Path, force: bool) -> (i32, String, String) {
     let out = out.display().to_string();
     let mut args = vec![
-        "init", "--license-key", token, "--domain", "lettuce.example.com", "--version", "1.4.2",
-        "--out", &out,
+        "init",
+        "--license-key",
+        token,
+        "--domain",
+        "lettuce.example.com",
+        "--version",
+        "1.4.2",
+        "--out",
+        &out,
     ];
     if let Some(k) = public_key {
         args.extend(["--public-key", k]);
@@ -643,7 +740,12 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.is_file())
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -664,13 +766,25 @@ fn init_writes_a_stack_that_matches_the_compose_services() {
 
     let (code, stdout, stderr) = init(&token, Some(key_path.to_str().unwrap()), &out, false);
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(!stderr.contains("WARN"), "a year-long license does not warn: {stderr}");
+    assert!(
+        !stderr.contains("WARN"),
+        "a year-long license does not warn: {stderr}"
+    );
 
-    for name in [".env", "docker-compose.yml", "otel-collector.yaml", "public.pem", "README.md"] {
+    for name in [
+        ".env",
+        "docker-compose.yml",
+        "otel-collector.yaml",
+        "public.pem",
+        "README.md",
+    ] {
         assert!(out.join(name).is_file(), "{name} written");
     }
     assert_eq!(mode(&out.join(".env")), 0o600);
-    assert_eq!(std::fs::read_to_string(out.join("public.pem")).unwrap(), vendor.pem);
+    assert_eq!(
+        std::fs::read_to_string(out.join("public.pem")).unwrap(),
+        vendor.pem
+    );
 
     let env = parse_env_file(&std::fs::read_to_string(out.join(".env")).unwrap());
     assert_eq!(env["LETTUCE_LICENSE_KEY"], token);
@@ -681,7 +795,11 @@ fn init_writes_a_stack_that_matches_the_compose_services() {
     let mut values: Vec<&str> = SECRETS.iter().map(|n| env[*n].as_str()).collect();
     for (name, value) in SECRETS.iter().zip(&values) {
         assert_eq!(value.len(), 43, "{name} is 32 bytes of unpadded base64url");
-        assert_eq!(URL_SAFE_NO_PAD.decode(value).expect("base64url").len(), 32, "{name}");
+        assert_eq!(
+            URL_SAFE_NO_PAD.decode(value).expect("base64url").len(),
+            32,
+            "{name}"
+        );
     }
     values.sort();
     values.dedup();
@@ -699,34 +817,62 @@ fn init_writes_a_stack_that_matches_the_compose_services() {
     );
     assert_eq!(env["CODEWAZE_S3_ENDPOINT"], "http://minio:9000");
     assert_eq!(env["CODEWAZE_S3_ACCESS_KEY_ID"], env["MINIO_ROOT_USER"]);
-    assert_eq!(env["CODEWAZE_S3_SECRET_ACCESS_KEY"], env["MINIO_ROOT_PASSWORD"]);
+    assert_eq!(
+        env["CODEWAZE_S3_SECRET_ACCESS_KEY"],
+        env["MINIO_ROOT_PASSWORD"]
+    );
     assert_eq!(env["CODEWAZE_S3_FORCE_PATH_STYLE"], "true");
 
     // The worker image is pinned; the build fallback is gone; the custom key is mounted.
     let worker = service(&stack, "worker");
-    assert_eq!(str_of(&worker["image"], "image"), "ghcr.io/uselettuce/worker:1.4.2");
-    assert!(!has(worker, "build"), "no build fallback without a source tree");
-    assert!(format!("{:?}", worker["volumes"]).contains("./public.pem:/var/lib/lettuce/public.pem:ro"));
+    assert_eq!(
+        str_of(&worker["image"], "image"),
+        "ghcr.io/uselettuce/worker:1.4.2"
+    );
+    assert!(
+        !has(worker, "build"),
+        "no build fallback without a source tree"
+    );
+    assert!(
+        format!("{:?}", worker["volumes"]).contains("./public.pem:/var/lib/lettuce/public.pem:ro")
+    );
     assert_eq!(worker_scaling_problems(&stack), Vec::<String>::new());
     for name in ["postgres", "minio", "minio-init", "otel-collector"] {
-        assert_eq!(service(&stack, name), service(&compose(), name), "{name} as in compose/");
+        assert_eq!(
+            service(&stack, name),
+            service(&compose(), name),
+            "{name} as in compose/"
+        );
     }
 
     // The worker's own configuration accepts the .env as its environment.
     let config = lettuce_worker::config::Config::load(&env.clone().into_iter().collect())
         .expect("the written .env is a valid worker configuration");
     assert!(config.self_hosted);
-    assert_eq!(config.s3.expect("S3 configured").bucket, env["CODEWAZE_S3_BUCKET"]);
+    assert_eq!(
+        config.s3.expect("S3 configured").bucket,
+        env["CODEWAZE_S3_BUCKET"]
+    );
 
     let readme = std::fs::read_to_string(out.join("README.md")).unwrap();
-    for command in [format!("cd {}", out.display()), "docker compose up -d".into(), "--scale worker=".into()] {
+    for command in [
+        format!("cd {}", out.display()),
+        "docker compose up -d".into(),
+        "--scale worker=".into(),
+    ] {
         assert!(readme.contains(&command), "README has `{command}`");
     }
-    assert!(stdout.contains("docker compose up -d"), "stdout has the next commands");
+    assert!(
+        stdout.contains("docker compose up -d"),
+        "stdout has the next commands"
+    );
 
     // Neither the key nor any secret is printed.
     for value in std::iter::once(token.as_str()).chain(SECRETS.iter().map(|n| env[*n].as_str())) {
-        assert!(!stdout.contains(value) && !stderr.contains(value), "a secret was printed");
+        assert!(
+            !stdout.contains(value) && !stderr.contains(value),
+            "a secret was printed"
+        );
     }
 }
 
@@ -744,7 +890,10 @@ fn init_refuses_to_overwrite_without_force_and_backs_up_with_it() {
     // Without --force: exit 1, a clear message, and not one byte changed.
     let (code, stdout, stderr) = init(&token, Some(&vendor.pem), &out, false);
     assert_eq!(code, 1, "stdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(stderr.contains(".env") && stderr.contains("--force"), "{stderr}");
+    assert!(
+        stderr.contains(".env") && stderr.contains("--force"),
+        "{stderr}"
+    );
     assert!(stderr.contains("nothing was written"), "{stderr}");
     assert_eq!(snapshot(&out), before, "files untouched");
 
@@ -752,10 +901,20 @@ fn init_refuses_to_overwrite_without_force_and_backs_up_with_it() {
     let (code, stdout, stderr) = init(&token, Some(&vendor.pem), &out, true);
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
     let after = snapshot(&out);
-    let backups: Vec<&String> = after.keys().filter(|n| n.starts_with(".env.bak-")).collect();
+    let backups: Vec<&String> = after
+        .keys()
+        .filter(|n| n.starts_with(".env.bak-"))
+        .collect();
     assert_eq!(backups.len(), 1, "{:?}", after.keys());
-    assert_eq!(after[backups[0]], before[".env"], "the backup is the previous .env");
-    assert_eq!(mode(&out.join(backups[0])), 0o600, "the backup stays private");
+    assert_eq!(
+        after[backups[0]], before[".env"],
+        "the backup is the previous .env"
+    );
+    assert_eq!(
+        mode(&out.join(backups[0])),
+        0o600,
+        "the backup stays private"
+    );
     assert_eq!(mode(&out.join(".env")), 0o600);
     let second_env = parse_env_file(std::str::from_utf8(&after[".env"]).unwrap());
     for name in SECRETS {
@@ -763,7 +922,10 @@ fn init_refuses_to_overwrite_without_force_and_backs_up_with_it() {
     }
     // Files whose content did not change are not backed up.
     assert!(!after.keys().any(|n| n.starts_with("public.pem.bak-")));
-    assert!(stdout.contains(backups[0].as_str()), "stdout names the backup: {stdout}");
+    assert!(
+        stdout.contains(backups[0].as_str()),
+        "stdout names the backup: {stdout}"
+    );
     for name in SECRETS {
         assert!(!stdout.contains(&first_env[*name]) && !stdout.contains(&second_env[*name]));
     }
@@ -777,20 +939,38 @@ fn init_rejects_bad_keys_with_exit_3_and_writes_nothing() {
     let cases = [
         ("not-a-jwt", Some(vendor.pem.as_str()), "LicenseMalformed"),
         ("a.b", Some(vendor.pem.as_str()), "LicenseMalformed"),
-        (&other.mint(365)[..], Some(vendor.pem.as_str()), "LicenseInvalid"),
-        (&vendor.mint(-3)[..], Some(vendor.pem.as_str()), "LicenseExpired"),
+        (
+            &other.mint(365)[..],
+            Some(vendor.pem.as_str()),
+            "LicenseInvalid",
+        ),
+        (
+            &vendor.mint(-3)[..],
+            Some(vendor.pem.as_str()),
+            "LicenseExpired",
+        ),
         // No --public-key: the bundled key is used, and it did not sign this token.
         (&vendor.mint(365)[..], None, "LicenseInvalid"),
-        (&vendor.mint(365)[..], Some("/nonexistent/key.pem"), "LicensePublicKeyError"),
+        (
+            &vendor.mint(365)[..],
+            Some("/nonexistent/key.pem"),
+            "LicensePublicKeyError",
+        ),
     ];
     for (i, (token, key, expect)) in cases.iter().enumerate() {
         let out = scratch.0.join(format!("case{i}"));
         let (code, stdout, stderr) = init(token, *key, &out, false);
         assert_eq!(code, 3, "case {i}: stdout:\n{stdout}\nstderr:\n{stderr}");
         let last = stderr.lines().last().unwrap_or_default();
-        assert!(last.starts_with(expect), "case {i}: last stderr line {last:?}");
+        assert!(
+            last.starts_with(expect),
+            "case {i}: last stderr line {last:?}"
+        );
         assert!(!out.exists(), "case {i}: nothing written");
-        assert!(!stdout.contains(token) && !stderr.contains(token), "case {i}: key printed");
+        assert!(
+            !stdout.contains(token) && !stderr.contains(token),
+            "case {i}: key printed"
+        );
     }
 }
 
@@ -802,7 +982,10 @@ fn init_warns_when_the_license_expires_within_14_days() {
     let token = vendor.mint(5);
     let (code, stdout, stderr) = init(&token, Some(&vendor.pem), &out, false);
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
-    let warn = stderr.lines().find(|l| l.starts_with("WARN")).expect("a WARN line");
+    let warn = stderr
+        .lines()
+        .find(|l| l.starts_with("WARN"))
+        .expect("a WARN line");
     assert!(warn.contains("days left"), "{warn}");
     assert!(out.join(".env").is_file());
 }

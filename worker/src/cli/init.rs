@@ -19,12 +19,12 @@ use std::process::ExitCode;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ed25519_dalek::VerifyingKey;
 use rand::TryRngCore as _;
 use time::OffsetDateTime;
 
 use super::fail;
-// INTERIM until the license gate lands on main: see `interim_license` at the bottom.
-use self::interim_license::{self as license, LicenseError};
+use crate::boot::license::{self, LicenseError};
 use crate::config::Env;
 
 /// The vendor's Ed25519 public key, compiled in. This copy is a DEV key; release builds replace
@@ -38,10 +38,8 @@ const COMPOSE_TEMPLATE: &str = include_str!("../../../compose/docker-compose.yml
 const OTEL_COLLECTOR_CONFIG: &str = include_str!("../../../compose/otel-collector.yaml");
 
 /// The image reference in the compose template that `init` pins to `--version`.
-const IMAGE_TEMPLATE: &str = "ghcr.io/uselettuce/worker:${LETTUCE_VERSION:?set LETTUCE_VERSION in .env}";
-
-/// Fewer days left than this is a warning at init, as it is at boot (SPEC §4.2).
-const WARN_DAYS: i64 = 14;
+const IMAGE_TEMPLATE: &str =
+    "ghcr.io/uselettuce/worker:${LETTUCE_VERSION:?set LETTUCE_VERSION in .env}";
 
 /// Random bytes per generated secret: 32 bytes are 43 characters of unpadded base64url.
 const SECRET_BYTES: usize = 32;
@@ -58,7 +56,12 @@ const SECRET_NAMES: &[&str] = &[
 pub struct Args {
     /// The license key (JWT) from Lettuce sales; may also come from LETTUCE_LICENSE_KEY so it
     /// stays out of shell history
-    #[arg(long, value_name = "K", env = "LETTUCE_LICENSE_KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "K",
+        env = "LETTUCE_LICENSE_KEY",
+        hide_env_values = true
+    )]
     pub license_key: String,
     /// The host name Lettuce is served on, e.g. lettuce.example.com
     #[arg(long, value_name = "D")]
@@ -139,9 +142,9 @@ struct OutputFile {
 fn init(args: &Args, now: OffsetDateTime) -> Result<String, InitError> {
     let domain = normalize_domain(&args.domain)?;
     check_version(&args.version)?;
-    let public_key_pem = read_public_key(args.public_key.as_deref())?;
-    let summary = check_license(args.license_key.trim(), &public_key_pem, now)?;
-    if summary.days_left < WARN_DAYS {
+    let (key, public_key_pem) = public_key(args.public_key.as_deref())?;
+    let summary = check_license(args.license_key.trim(), &key, now)?;
+    if summary.days_left < license::EXPIRY_WARN_DAYS {
         eprintln!(
             "WARN: the license expires on {} ({} days left); ask Lettuce sales for a renewal",
             summary.expires, summary.days_left
@@ -250,8 +253,7 @@ fn normalize_domain(raw: &str) -> Result<String, InitError> {
         .trim_end_matches('/');
     let ok = !d.is_empty()
         && d.len() <= 253
-        && d
-            .chars()
+        && d.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
         && !d.starts_with(['.', '-', ':']);
     if ok {
@@ -281,35 +283,24 @@ fn check_version(version: &str) -> Result<(), InitError> {
     }
 }
 
-/// The PEM text of the key to verify with: inline text, the content of a path, or the bundled
-/// key. The same text is written to `public.pem`.
-fn read_public_key(arg: Option<&str>) -> Result<String, InitError> {
-    let Some(arg) = arg else {
-        return Ok(BUNDLED_PUBLIC_KEY.to_string());
-    };
-    if arg.contains("-----BEGIN") {
-        let mut pem = arg.trim().to_string();
-        pem.push('\n');
-        return Ok(pem);
-    }
-    std::fs::read_to_string(arg).map_err(|e| {
-        InitError::License(LicenseError::PublicKeyError(format!(
-            "cannot read --public-key {arg}: {e}"
-        )))
-    })
+/// The key to verify with, from `--public-key` (a path or inline PEM, read by the same loader
+/// boot uses) or the bundled key, and its SPKI PEM for `public.pem`.
+fn public_key(arg: Option<&str>) -> Result<(VerifyingKey, String), InitError> {
+    let key = license::load_public_key(arg.unwrap_or(BUNDLED_PUBLIC_KEY))?;
+    let pem = license::public_key_pem(&key);
+    Ok((key, pem))
 }
 
 /// Verifies the token offline with the SPEC §4.2 rules (the same verifier boot uses).
 fn check_license(
     token: &str,
-    public_key_pem: &str,
+    key: &VerifyingKey,
     now: OffsetDateTime,
 ) -> Result<LicenseSummary, InitError> {
     if token.is_empty() {
         return Err(InitError::License(LicenseError::Missing));
     }
-    let key = license::load_public_key(public_key_pem)?;
-    let claims = license::verify(token, &key, now)?;
+    let claims = license::verify(token, key, now)?;
     Ok(LicenseSummary {
         customer: claims.sub.clone(),
         expires: license::format_unix(claims.exp),
@@ -358,7 +349,10 @@ fn render_env(
          # for every other variable the worker reads.\n",
         timestamp_rfc3339(now)
     );
-    let _ = writeln!(s, "# The release; also pinned on the worker `image:` line of docker-compose.yml.");
+    let _ = writeln!(
+        s,
+        "# The release; also pinned on the worker `image:` line of docker-compose.yml."
+    );
     let _ = writeln!(s, "LETTUCE_VERSION={version}\n");
     let _ = writeln!(s, "# Where Lettuce is served.");
     let _ = writeln!(s, "LETTUCE_DOMAIN={domain}");
@@ -373,7 +367,10 @@ fn render_env(
         s,
         "DATABASE_URL=postgres://lettuce:{postgres_password}@postgres:5432/lettuce\n"
     );
-    let _ = writeln!(s, "# MinIO (the compose `minio` service) and the artifact bucket on it.");
+    let _ = writeln!(
+        s,
+        "# MinIO (the compose `minio` service) and the artifact bucket on it."
+    );
     let _ = writeln!(s, "MINIO_ROOT_USER=lettuce");
     let _ = writeln!(s, "MINIO_ROOT_PASSWORD={minio_password}");
     let _ = writeln!(s, "CODEWAZE_S3_BUCKET=lettuce-artifacts");
@@ -388,7 +385,11 @@ fn render_env(
         "CODEWAZE_ADMIN_TOKEN={}",
         secret(secrets, "CODEWAZE_ADMIN_TOKEN")
     );
-    let _ = writeln!(s, "JWT_SIGNING_KEY={}\n", secret(secrets, "JWT_SIGNING_KEY"));
+    let _ = writeln!(
+        s,
+        "JWT_SIGNING_KEY={}\n",
+        secret(secrets, "JWT_SIGNING_KEY")
+    );
     let _ = writeln!(
         s,
         "# GitHub App: set all five (see the README), then `docker compose up -d` again.\n\
@@ -409,7 +410,10 @@ fn pin_compose(template: &str, version: &str, mount_public_key: bool) -> String 
     );
     let mut lines = template.lines().peekable();
     while let Some(line) = lines.next() {
-        if line.trim_start().starts_with("# Fallback for a source checkout") {
+        if line
+            .trim_start()
+            .starts_with("# Fallback for a source checkout")
+        {
             continue;
         }
         if line == "    build:" {
@@ -423,9 +427,7 @@ fn pin_compose(template: &str, version: &str, mount_public_key: bool) -> String 
             out.push_str(&line.replace(IMAGE_TEMPLATE, &image));
             out.push('\n');
             if mount_public_key {
-                out.push_str(
-                    "    volumes:\n      - ./public.pem:/var/lib/lettuce/public.pem:ro\n",
-                );
+                out.push_str("    volumes:\n      - ./public.pem:/var/lib/lettuce/public.pem:ro\n");
             }
             continue;
         }
@@ -497,8 +499,7 @@ fn render_readme(out: &Path, domain: &str, version: &str, summary: &LicenseSumma
 /// Quotes a path for a POSIX shell when it needs it.
 fn shell_quote(s: &str) -> String {
     if !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-' | '+' | ':'))
     {
         s.to_string()
@@ -551,10 +552,7 @@ fn is_env_backup(path: &Path) -> bool {
 /// Writes `content` to a temporary file created with `mode` (so a secret file is never readable
 /// by others, not even briefly), syncs it, and renames it over `path`.
 fn write_atomically(path: &Path, content: &str, mode: u32) -> Result<(), InitError> {
-    let file_name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("file");
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::OpenOptions::new()
@@ -570,75 +568,6 @@ fn write_atomically(path: &Path, content: &str, mode: u32) -> Result<(), InitErr
         let _ = std::fs::remove_file(&tmp);
         InitError::io(path, e)
     })
-}
-
-/// INTERIM stand-in for `crate::boot::license` (being written on the `license` branch) with the
-/// same names and signatures, so swapping it out is a one-line change. Minimal on purpose.
-mod interim_license {
-    use base64::Engine as _;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use ed25519_dalek::pkcs8::DecodePublicKey as _;
-    use ed25519_dalek::{Signature, VerifyingKey};
-    use time::OffsetDateTime;
-
-    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-    pub enum LicenseError {
-        #[error("LicenseMissing: LETTUCE_LICENSE_KEY is required when LETTUCE_SELF_HOSTED=1")]
-        Missing,
-        #[error("LicenseMalformed: {0}")]
-        Malformed(String),
-        #[error("LicenseInvalid: {0}")]
-        Invalid(String),
-        #[error("LicenseExpired: the license expired on {}", format_unix(*exp))]
-        Expired { exp: i64, now: i64 },
-        #[error("LicensePublicKeyError: {0}")]
-        PublicKeyError(String),
-    }
-
-    #[derive(serde::Deserialize)]
-    pub struct Claims {
-        pub sub: String,
-        pub exp: i64,
-    }
-
-    pub fn load_public_key(pem: &str) -> Result<VerifyingKey, LicenseError> {
-        VerifyingKey::from_public_key_pem(pem.trim())
-            .map_err(|e| LicenseError::PublicKeyError(format!("not an Ed25519 SPKI PEM: {e}")))
-    }
-
-    pub fn verify(token: &str, key: &VerifyingKey, now: OffsetDateTime) -> Result<Claims, LicenseError> {
-        let m = |s: &str| LicenseError::Malformed(s.to_string());
-        let parts: Vec<&str> = token.split('.').collect();
-        let [h, p, sig] = parts[..] else {
-            return Err(m("a compact JWT has 3 segments"));
-        };
-        let dec = |s: &str| URL_SAFE_NO_PAD.decode(s).map_err(|_| m("not base64url"));
-        let header: serde_json::Value =
-            serde_json::from_slice(&dec(h)?).map_err(|_| m("header is not JSON"))?;
-        if !matches!(header["alg"].as_str(), Some("EdDSA" | "Ed25519")) {
-            return Err(LicenseError::Invalid("alg must be EdDSA".into()));
-        }
-        let signature = Signature::from_slice(&dec(sig)?)
-            .map_err(|_| LicenseError::Invalid("bad signature length".into()))?;
-        key.verify_strict(&token.as_bytes()[..h.len() + 1 + p.len()], &signature)
-            .map_err(|_| LicenseError::Invalid("the signature does not verify".into()))?;
-        let claims: Claims = serde_json::from_slice(&dec(p)?).map_err(|_| m("bad claims"))?;
-        if now.unix_timestamp() > claims.exp + 60 {
-            return Err(LicenseError::Expired { exp: claims.exp, now: now.unix_timestamp() });
-        }
-        Ok(claims)
-    }
-
-    pub fn days_left(claims: &Claims, now: OffsetDateTime) -> i64 {
-        (claims.exp - now.unix_timestamp()).div_euclid(86_400)
-    }
-
-    pub fn format_unix(ts: i64) -> String {
-        OffsetDateTime::from_unix_timestamp(ts)
-            .ok()
-            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-            .unwrap_or_else(|| ts.to_string())
-    }
 }
 
 #[cfg(test)]
@@ -680,7 +609,16 @@ mod tests {
         for good in ["1.4.2", "v1", "1.4.2-rc.1", "latest", "1_2"] {
             assert!(check_version(good).is_ok(), "{good:?}");
         }
-        for bad in ["", "-1", ".1", "1 2", "1:2", "a/b", "${X}", &"9".repeat(129)] {
+        for bad in [
+            "",
+            "-1",
+            ".1",
+            "1 2",
+            "1:2",
+            "a/b",
+            "${X}",
+            &"9".repeat(129),
+        ] {
             assert!(check_version(bad).is_err(), "{bad:?}");
         }
     }
