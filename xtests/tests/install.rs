@@ -407,7 +407,7 @@ fn env_example_sets_every_variable_the_compose_file_requires() {
 // ---------------------------------------------------------------------------------------------
 
 /// Dockerfile instructions, continuation lines joined, comments dropped: (KEYWORD, arguments).
-fn dockerfile() -> Vec<(String, String)> {
+fn dockerfile() -> Vec<Instruction> {
     let mut out = Vec::new();
     let mut current = String::new();
     for line in read("Dockerfile").lines() {
@@ -430,9 +430,15 @@ fn dockerfile() -> Vec<(String, String)> {
     out
 }
 
-/// The instructions of each stage, by stage name.
-fn stages() -> Vec<(String, String, Vec<(String, String)>)> {
-    let mut stages: Vec<(String, String, Vec<(String, String)>)> = Vec::new();
+/// One Dockerfile instruction: (KEYWORD, arguments).
+type Instruction = (String, String);
+
+/// One build stage: (name after `AS`, base image, its instructions).
+type Stage = (String, String, Vec<Instruction>);
+
+/// The stages of the Dockerfile, in order.
+fn stages() -> Vec<Stage> {
+    let mut stages: Vec<Stage> = Vec::new();
     for (keyword, args) in dockerfile() {
         if keyword == "FROM" {
             let parts: Vec<&str> = args.split_whitespace().collect();
