@@ -4,6 +4,8 @@
 //! Postgres comes from `XTESTS_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`),
 //! which `scripts/test` sets after making sure a server answers.
 
+pub mod s3;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
@@ -13,6 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, NoTls};
+
+pub mod services;
 
 /// The admin URL of the test server.
 pub fn admin_url() -> String {
@@ -151,19 +155,73 @@ where
     }
 }
 
-/// Path of the `worker` binary built alongside the tests.
+/// Path of a `worker` binary built from THIS checkout.
+///
+/// `WORKER_BIN` wins. Otherwise `<target>/debug/worker` is used when it carries this checkout's
+/// build marker; when it does not (another checkout sharing the target directory built last),
+/// the harness builds one into a target directory of this checkout's own, sharing the build
+/// directory so only the worker crate itself is compiled.
 pub fn worker_bin() -> PathBuf {
     if let Ok(p) = std::env::var("WORKER_BIN") {
         return PathBuf::from(p);
     }
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(find_or_build_worker).clone()
+}
+
+fn find_or_build_worker() -> PathBuf {
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../worker");
+    let source = source.canonicalize().unwrap_or(source);
+    let marker = format!("lettuce-build-source:{};", source.display());
+    let carries_marker = |p: &std::path::Path| {
+        std::fs::read(p)
+            .is_ok_and(|bytes| memchr::memmem::find(&bytes, marker.as_bytes()).is_some())
+    };
     let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/<test> → target/<profile>/worker
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("worker");
+    // <build dir>/<profile>/deps/<test> → <build dir>/<profile>
+    let profile_dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("profile dir")
+        .to_path_buf();
+    let mut candidates = vec![profile_dir.join("worker")];
+    if let Ok(t) = std::env::var("CARGO_TARGET_DIR") {
+        candidates.insert(
+            0,
+            PathBuf::from(t)
+                .join(profile_dir.file_name().unwrap())
+                .join("worker"),
+        );
+    }
+    if let Some(found) = candidates.iter().find(|c| carries_marker(c)) {
+        return found.clone();
+    }
+    let build_dir = profile_dir.parent().expect("build dir").to_path_buf();
+    let own_target = std::env::temp_dir().join(format!(
+        "lettuce-bin-{:016x}",
+        source
+            .display()
+            .to_string()
+            .bytes()
+            .fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64)
+                .wrapping_mul(0x100000001b3))
+    ));
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "-q", "-p", "lettuce-worker", "--bin", "worker"])
+        .current_dir(source.parent().unwrap())
+        .env("CARGO_BUILD_BUILD_DIR", &build_dir)
+        .env("CARGO_TARGET_DIR", &own_target)
+        .status()
+        .expect("run cargo build for the worker binary");
+    assert!(status.success(), "building the worker binary failed");
+    let bin = own_target
+        .join(profile_dir.file_name().unwrap())
+        .join("worker");
     assert!(
-        bin.exists(),
-        "worker binary not found at {} (build the workspace first)",
-        bin.display()
+        carries_marker(&bin),
+        "{} was not built from {}",
+        bin.display(),
+        source.display()
     );
     bin
 }
@@ -317,6 +375,7 @@ pub struct InProcessWorker {
 impl InProcessWorker {
     /// Boots with the given environment and waits until it is ready.
     pub async fn start(env: &HashMap<String, String>) -> InProcessWorker {
+        init_logging();
         let config = lettuce_worker::config::Config::load(env).expect("test config loads");
         let registry = lettuce_worker::handlers::registry_for(&config);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -383,4 +442,17 @@ pub async fn wait_final(
             .then(|| (state, r.get(1), r.get(2)))
     })
     .await
+}
+
+/// Sends the library's logs to the test's captured output (RUST_LOG, default info).
+pub fn init_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
 }

@@ -69,9 +69,16 @@ pub async fn dispatch(cli: Cli, env: Env) -> ExitCode {
             print!("{}", crate::db::schema::script());
             return ExitCode::SUCCESS;
         }
+        Command::CheckConfig(args) => {
+            // check-config reports a configuration that does not load as a failed check.
+            crate::telemetry::init_logging(log_format_hint(&env));
+            return check_config::run_env(args, &env).await;
+        }
         _ => {}
     }
-    let config = match Config::load(&env) {
+    // The secret store (LETTUCE_SECRET_STORE) fills secret variables the environment leaves
+    // unset; a store that is down or lacks a required secret is a config error (exit 2).
+    let config = match Config::load_with_secrets(&env).await {
         Ok(c) => c,
         Err(e) => {
             crate::telemetry::init_logging(log_format_hint(&env));
@@ -79,6 +86,12 @@ pub async fn dispatch(cli: Cli, env: Env) -> ExitCode {
         }
     };
     crate::telemetry::init_logging(config.log_format);
+    if !config.secrets_from_store.is_empty() {
+        tracing::info!(
+            variables = %config.secrets_from_store.join(","),
+            "secret variables read from the secret store"
+        );
+    }
     match command {
         Command::Run => run(config).await,
         Command::CheckConfig(args) => check_config::run(args, config, &env).await,

@@ -455,9 +455,9 @@ pub async fn prune(
             "WITH doomed AS (
                  SELECT id FROM lettuce.jobs
                   WHERE state IN ('completed', 'discarded', 'cancelled')
-                    AND finished_at < now() - CASE state WHEN 'completed' THEN $1 WHEN 'discarded' THEN $2 ELSE $3 END
+                    AND finished_at < now() - CASE state WHEN 'completed' THEN $1::float8 WHEN 'discarded' THEN $2::float8 ELSE $3::float8 END
                                               * interval '1 millisecond'
-                  LIMIT $4
+                  LIMIT $4::int8
                   FOR UPDATE SKIP LOCKED
              )
              DELETE FROM lettuce.jobs j USING doomed WHERE j.id = doomed.id",

@@ -30,11 +30,13 @@ pub struct ListenerStats {
 
 /// Runs until `stop` is cancelled.
 pub async fn run(
-    cfg: PgConfig,
+    mut cfg: PgConfig,
     wakers: Wakers,
     stats: Arc<ListenerStats>,
     stop: CancellationToken,
 ) {
+    // A name of its own, so operators (and tests) can tell it apart in pg_stat_activity.
+    cfg.application_name("lettuce-listener");
     let mut delay = Duration::from_millis(100);
     'reconnect: loop {
         if stop.is_cancelled() {

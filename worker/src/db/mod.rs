@@ -8,8 +8,10 @@
 //! - `workers.rs`: presence rows in `lettuce.workers`.
 
 pub mod diag;
+pub mod entitlements;
 pub mod jobs;
 pub mod listener;
+pub mod probe;
 pub mod schema;
 pub mod workers;
 
@@ -34,7 +36,7 @@ pub enum DbError {
         waited_ms: u128,
         last_error: String,
     },
-    #[error("database error: {0}")]
+    #[error("database error: {}", error_text(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("database pool error: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
@@ -147,7 +149,10 @@ pub async fn connect_with_retry(
 }
 
 /// Builds a pool without connecting (connections open on first use).
-pub fn build_pool(cfg: PgConfig, pool_size: usize) -> DbPool {
+pub fn build_pool(mut cfg: PgConfig, pool_size: usize) -> DbPool {
+    if cfg.get_application_name().is_none() {
+        cfg.application_name("lettuce-worker");
+    }
     let mgr = Manager::from_config(
         cfg,
         NoTls,

@@ -73,9 +73,8 @@ pub async fn apply(pool: &DbPool, force: bool) -> Result<Applied, DbError> {
         }
     }
     for (name, sql) in STATEMENTS {
-        tx.batch_execute(sql).await.map_err(|e| {
-            tracing::error!(statement = name, error = %super::error_text(&e), "schema statement failed");
-            e
+        tx.batch_execute(sql).await.inspect_err(|e| {
+            tracing::error!(statement = name, error = %super::error_text(e), "schema statement failed");
         })?;
     }
     tx.execute(

@@ -75,7 +75,10 @@ impl PeriodicTask for Pruner {
         "pruner"
     }
     fn interval(&self) -> Duration {
-        Duration::from_secs(60)
+        // Often enough that a short retention is honoured, never more than once a second.
+        let r = &self.0.config.retention;
+        (r.completed.min(r.discarded).min(r.cancelled) / 4)
+            .clamp(Duration::from_secs(1), Duration::from_secs(60))
     }
     async fn activate(&mut self) -> Result<Option<String>, String> {
         let mut total = 0u64;
