@@ -132,10 +132,11 @@ pub async fn run(
     let gates = gates(&config, time::OffsetDateTime::now_utc())?;
     let config = Arc::new(config);
     let health = Arc::new(Health::default());
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let http_stop = CancellationToken::new();
     let _http_guard = http_stop.clone().drop_guard();
     if let Some(addr) = config.http_addr {
-        crate::http::serve(addr, health.clone(), http_stop.clone())
+        crate::http::serve(addr, health.clone(), metrics.clone(), http_stop.clone())
             .await
             .map_err(|e| BootError::Http {
                 addr: addr.to_string(),
@@ -146,6 +147,7 @@ pub async fn run(
     let applied = schema(&pool).await?;
     tracing::info!(schema = ?applied, "schema ready");
     health.set_pool(pool.clone());
+    metrics.set_pool(pool.clone());
     let artifacts = artifact_store(&config)?;
     let services = Arc::new(Services::new(pool.clone(), artifacts).with_gates(&gates));
     runtime::run(
@@ -155,6 +157,7 @@ pub async fn run(
             registry,
             health,
             services,
+            metrics,
         },
         shutdown,
         on_start,

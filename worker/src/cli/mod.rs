@@ -85,21 +85,43 @@ pub async fn dispatch(cli: Cli, env: Env) -> ExitCode {
             return fail(&BootError::Config(e).to_string(), 2);
         }
     };
-    crate::telemetry::init_logging(config.log_format);
-    if !config.secrets_from_store.is_empty() {
-        tracing::info!(
-            variables = %config.secrets_from_store.join(","),
-            "secret variables read from the secret store"
-        );
+    if let Command::Run = command {
+        // Only `run` exports spans; the exporter is built here, inside the runtime.
+        let telemetry = match crate::telemetry::otlp::settings_from_env(&env)
+            .and_then(|s| crate::telemetry::init(config.log_format, s.as_ref()))
+        {
+            Ok(t) => t,
+            Err(e) => {
+                crate::telemetry::init_logging(config.log_format);
+                return fail(&e.to_string(), 2);
+            }
+        };
+        log_secret_sources(&config);
+        let code = run(config).await;
+        // Flush what the batch exporter still holds (the last attempts before SIGTERM).
+        telemetry.shutdown().await;
+        return code;
     }
+    crate::telemetry::init_logging(config.log_format);
+    log_secret_sources(&config);
     match command {
-        Command::Run => run(config).await,
+        Command::Run => unreachable!("handled above"),
         Command::CheckConfig(args) => check_config::run(args, config, &env).await,
         Command::Enqueue(args) => enqueue::run(args, config).await,
         Command::Jobs { command } => jobs::run(command, config).await,
         Command::Schema { command } => schema::run(command, config).await,
         Command::Healthcheck => healthcheck::run(&config).await,
         Command::License { .. } | Command::Init(_) => unreachable!("handled above"),
+    }
+}
+
+/// Names (never values) of the secret variables the store supplied.
+fn log_secret_sources(config: &Config) {
+    if !config.secrets_from_store.is_empty() {
+        tracing::info!(
+            variables = %config.secrets_from_store.join(","),
+            "secret variables read from the secret store"
+        );
     }
 }
 

@@ -44,7 +44,12 @@ async fn main() {
     let idle_kib = vm_hwm_kib(worker.pid());
 
     let client = db.client().await;
-    let id = xtests::enqueue_sql(&client, "diag.artifact", serde_json::json!({ "bytes": bytes })).await;
+    let id = xtests::enqueue_sql(
+        &client,
+        "diag.artifact",
+        serde_json::json!({ "bytes": bytes }),
+    )
+    .await;
     let (state, _, errs) = wait_final(&client, id, Duration::from_secs(1800)).await;
     assert_eq!(state, "completed", "{errs}");
     let peak_kib = vm_hwm_kib(worker.pid());
@@ -68,7 +73,15 @@ async fn main() {
     }
     let started = Instant::now();
     let out = Command::new("aws")
-        .args(["--endpoint-url", &moto.endpoint(), "--region", "us-east-1", "s3", "cp", "--only-show-errors"])
+        .args([
+            "--endpoint-url",
+            &moto.endpoint(),
+            "--region",
+            "us-east-1",
+            "s3",
+            "cp",
+            "--only-show-errors",
+        ])
         .arg(&path)
         .arg(format!("s3://{}/raw/{id}.bin", moto.bucket))
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)
@@ -76,13 +89,29 @@ async fn main() {
         .output()
         .expect("run aws s3 cp");
     let raw_secs = started.elapsed().as_secs_f64();
-    assert!(out.status.success(), "aws s3 cp: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "aws s3 cp: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = std::fs::remove_file(&path);
 
     println!("artifact bytes:          {bytes}");
-    println!("worker VmHWM idle:       {:.1} MiB", idle_kib as f64 / 1024.0);
-    println!("worker VmHWM after job:  {:.1} MiB", peak_kib as f64 / 1024.0);
-    println!("worker upload:           {secs:.2} s  ({:.1} MiB/s, attempted_at → finished_at)", mib_per_s(bytes, secs));
-    println!("aws s3 cp (same bytes):  {raw_secs:.2} s  ({:.1} MiB/s, process wall time)", mib_per_s(bytes, raw_secs));
+    println!(
+        "worker VmHWM idle:       {:.1} MiB",
+        idle_kib as f64 / 1024.0
+    );
+    println!(
+        "worker VmHWM after job:  {:.1} MiB",
+        peak_kib as f64 / 1024.0
+    );
+    println!(
+        "worker upload:           {secs:.2} s  ({:.1} MiB/s, attempted_at → finished_at)",
+        mib_per_s(bytes, secs)
+    );
+    println!(
+        "aws s3 cp (same bytes):  {raw_secs:.2} s  ({:.1} MiB/s, process wall time)",
+        mib_per_s(bytes, raw_secs)
+    );
     println!("ratio worker/raw:        {:.2}", raw_secs / secs);
 }
