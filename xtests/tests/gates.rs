@@ -949,3 +949,61 @@ async fn check_config_warns_when_receiver_or_otlp_are_unreachable() {
     assert_eq!(level_of(&report, "telemetry.receiver").0, "ok");
     assert_eq!(level_of(&report, "otlp").0, "ok");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_config_shows_the_age_of_the_last_heartbeat_receipt() {
+    let db = TestDb::new().await;
+    let (mut env, _) = licensed(&claims(365));
+    env.insert("DATABASE_URL".into(), db.url.clone());
+    let (code, _, err) = run_worker(&["schema", "apply"], &env);
+    assert_eq!(code, 0, "{err}");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await;
+        }
+    });
+    env.insert(
+        "LETTUCE_TELEMETRY_URL".into(),
+        format!("http://127.0.0.1:{port}/v1/heartbeat"),
+    );
+    let client = db.client().await;
+    let report_for = |env: HashMap<String, String>| async move {
+        tokio::task::spawn_blocking(move || check_config(&env, &[]))
+            .await
+            .unwrap()
+            .1
+    };
+    let report = report_for(env.clone()).await;
+    let (level, message) = level_of(&report, "telemetry.receiver");
+    assert_eq!(level, "ok", "{message}");
+    assert!(message.contains("no receipt yet"), "{message}");
+
+    client
+        .execute(
+            "UPDATE lettuce.instance SET telemetry_last_receipt_at = now() - interval '3 hours'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (level, message) = level_of(&report_for(env.clone()).await, "telemetry.receiver");
+    assert_eq!(level, "ok", "{message}");
+    assert!(message.contains("last receipt 3 h ago"), "{message}");
+
+    client
+        .execute(
+            "UPDATE lettuce.instance SET telemetry_last_receipt_at = now() - interval '8 days', created_at = now() - interval '30 days'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (level, message) = level_of(&report_for(env.clone()).await, "telemetry.receiver");
+    assert_eq!(level, "warn", "{message}");
+    assert!(message.contains("last receipt 8 d ago"), "{message}");
+}

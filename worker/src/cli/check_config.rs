@@ -285,7 +285,7 @@ pub async fn report(env: &Env, offline: bool, now: OffsetDateTime) -> Vec<Check>
     // Gates 5–6 as live probes.
     out.extend(database_checks(&config, offline).await);
     out.push(artifact_check(&config, offline).await);
-    out.push(receiver_check(&decision, offline).await);
+    out.push(receiver_check(&config, &decision, offline).await);
     out.push(otlp_check(env, offline).await);
     out
 }
@@ -701,7 +701,20 @@ async fn artifact_check(config: &Config, offline: bool) -> Check {
     }
 }
 
-async fn receiver_check(decision: &telemetry::TelemetryDecision, offline: bool) -> Check {
+/// The last heartbeat receipt as the database records it (`None` when it cannot be read, e.g.
+/// before the schema exists).
+async fn receipt_status(config: &Config) -> Option<crate::telemetry::heartbeat::HeartbeatStatus> {
+    let pg = db::parse_url(config.database_url.expose()).ok()?;
+    let pool = db::build_pool(pg, 1);
+    let status = crate::telemetry::heartbeat::status(&pool, OffsetDateTime::now_utc());
+    tokio::time::timeout(PROBE_TIMEOUT, status).await.ok()?.ok()
+}
+
+async fn receiver_check(
+    config: &Config,
+    decision: &telemetry::TelemetryDecision,
+    offline: bool,
+) -> Check {
     if !decision.effective {
         return check("telemetry.receiver", Level::Skip, "telemetry is off");
     }
@@ -712,20 +725,38 @@ async fn receiver_check(decision: &telemetry::TelemetryDecision, offline: bool) 
             format!("skipped (--offline): {}", decision.url),
         );
     }
+    let receipt = receipt_status(config).await;
+    let receipt_text = receipt
+        .as_ref()
+        .map_or_else(|| "no receipt recorded".to_string(), |r| r.describe());
     let http = match reqwest::Client::builder().timeout(PROBE_TIMEOUT).build() {
         Ok(h) => h,
         Err(e) => return check("telemetry.receiver", Level::Warn, e.to_string()),
     };
     match http.get(&decision.url).send().await {
+        Ok(_) if receipt.as_ref().is_some_and(|r| r.receipt_stale) => hinted(
+            "telemetry.receiver",
+            Level::Warn,
+            format!("{} reachable, but {receipt_text}", decision.url),
+            "No telemetry receipt verified in 7 days: check the worker logs for heartbeat errors",
+        ),
         Ok(r) => check(
             "telemetry.receiver",
             Level::Ok,
-            format!("{} answered HTTP {}", decision.url, r.status().as_u16()),
+            format!(
+                "{} answered HTTP {}; {receipt_text}",
+                decision.url,
+                r.status().as_u16()
+            ),
         ),
         Err(e) => hinted(
             "telemetry.receiver",
             Level::Warn,
-            format!("{} unreachable: {}", decision.url, error_chain(&e)),
+            format!(
+                "{} unreachable: {}; {receipt_text}",
+                decision.url,
+                error_chain(&e)
+            ),
             "allow outbound HTTPS to the receiver (or set LETTUCE_TELEMETRY_URL to your proxy); the worker runs anyway",
         ),
     }
