@@ -53,7 +53,7 @@ impl Opts {
             steady_secs: 60,
             steady_rounds: 1,
             idle_secs: 30,
-            concurrency: 200,
+            concurrency: 1000,
             peer: true,
             write: None,
             // The command line as shown in BENCHMARKS.md, without where it is written.
