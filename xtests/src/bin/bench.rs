@@ -61,10 +61,7 @@ impl Opts {
         };
         let mut it = raw.into_iter();
         while let Some(a) = it.next() {
-            let mut value = |name: &str| {
-                it.next()
-                    .with_context(|| format!("{name} needs a value"))
-            };
+            let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
             match a.as_str() {
                 "--rounds" => o.rounds = value("--rounds")?.parse()?,
                 "--jobs" => o.jobs = value("--jobs")?.parse()?,
@@ -213,7 +210,10 @@ fn fmt_rate(v: f64) -> String {
 }
 
 fn spread(v: &[f64]) -> String {
-    v.iter().map(|x| fmt_rate(*x)).collect::<Vec<_>>().join(" / ")
+    v.iter()
+        .map(|x| fmt_rate(*x))
+        .collect::<Vec<_>>()
+        .join(" / ")
 }
 
 /// A child process with its output read line by line; `ready` fires when a line contains the
@@ -419,7 +419,10 @@ impl Bench {
             format!("default={}", self.opts.concurrency),
         );
         env.insert("LETTUCE_TELEMETRY_ENABLED".into(), "false".into());
-        env.insert("RUST_LOG".into(), "warn,lettuce_worker::runtime=info".into());
+        env.insert(
+            "RUST_LOG".into(),
+            "warn,lettuce_worker::runtime=info".into(),
+        );
         env.into_iter().collect()
     }
 
@@ -697,7 +700,14 @@ impl Bench {
         let mut db_timed: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
         let mut hwm = Vec::new();
         for round in 0..self.opts.rounds {
-            let mut turns = vec!["raw-delete", "ours-1", "graphile", "raw-ours", "ours-2", "ours-4"];
+            let mut turns = vec![
+                "raw-delete",
+                "ours-1",
+                "graphile",
+                "raw-ours",
+                "ours-2",
+                "ours-4",
+            ];
             if round % 2 == 1 {
                 turns.reverse();
             }
@@ -751,26 +761,49 @@ impl Bench {
             "ours-2" => "lettuce, 2 worker processes".to_string(),
             "ours-4" => "lettuce, 4 worker processes".to_string(),
             "ours-best" => "lettuce, best of 1/2/4 per round".to_string(),
-            "raw-delete" => "raw SQL ceiling: 2 connections × `DELETE … LIMIT 1000 SKIP LOCKED`".to_string(),
-            "raw-ours" => "our claim + complete SQL, 1,000 per batch, 2 connections, no runtime".to_string(),
-            "graphile" => "graphile-worker 0.18 batched (concurrency 50, local queue 500)".to_string(),
+            "raw-delete" => {
+                "raw SQL ceiling: 2 connections × `DELETE … LIMIT 1000 SKIP LOCKED`".to_string()
+            }
+            "raw-ours" => {
+                "our claim + complete SQL, 1,000 per batch, 2 connections, no runtime".to_string()
+            }
+            "graphile" => {
+                "graphile-worker 0.18 batched (concurrency 50, local queue 500)".to_string()
+            }
             _ => t.to_string(),
         };
-        for t in ["ours-1", "ours-2", "ours-4", "ours-best", "raw-delete", "raw-ours", "graphile"] {
+        for t in [
+            "ours-1",
+            "ours-2",
+            "ours-4",
+            "ours-best",
+            "raw-delete",
+            "raw-ours",
+            "graphile",
+        ] {
             let Some(v) = figures.get(t) else { continue };
             let r = if t.starts_with("ours") {
                 String::new()
             } else {
                 format!("{:.2}", ratio("ours-best", t))
             };
-            writeln!(body, "| {} | {} | {} | {} |", label(t), fmt_rate(median(v)), spread(v), r)?;
+            writeln!(
+                body,
+                "| {} | {} | {} | {} |",
+                label(t),
+                fmt_rate(median(v)),
+                spread(v),
+                r
+            )?;
         }
         writeln!(
             body,
             "\nOurs timed by the database (`max(finished_at) - min(attempted_at)`): {}",
             ["ours-1", "ours-2", "ours-4"]
                 .iter()
-                .filter_map(|k| db_timed.get(k).map(|v| format!("{k} {}", fmt_rate(median(v)))))
+                .filter_map(|k| db_timed
+                    .get(k)
+                    .map(|v| format!("{k} {}", fmt_rate(median(v)))))
                 .collect::<Vec<_>>()
                 .join(", ")
         )?;
@@ -1033,7 +1066,11 @@ impl Bench {
         let mut clean = Vec::new();
         let mut held = Vec::new();
         for round in 0..self.opts.steady_rounds.max(1) {
-            let order = if round % 2 == 0 { [false, true] } else { [true, false] };
+            let order = if round % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            };
             for h in order {
                 eprintln!("bench: xmin held={h}");
                 let s = self.steady_once(1000, h).await?;
@@ -1150,7 +1187,9 @@ impl Bench {
             "Run `scripts/bench {}` on {date}: {} cores ({cpu}), {:.1} GiB memory, PostgreSQL {version} \
              (default settings, shared with other work), release build.\n",
             self.opts.args,
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0),
             mem_kib as f64 / 1048576.0,
         );
         for (title, body) in &report.sections {
