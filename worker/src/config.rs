@@ -228,6 +228,9 @@ pub struct Config {
     pub vault: VaultConfig,
     /// The config file that was named by `LETTUCE_CONFIG`, if any.
     pub config_file: Option<PathBuf>,
+    /// Secret variables whose values came from the secret store (names only), filled by
+    /// [`Config::load_with_secrets`].
+    pub secrets_from_store: Vec<String>,
 }
 
 const DEFAULTS: &[(&str, &str)] = &[
@@ -392,6 +395,28 @@ impl Config {
         Config::from_raw(RawConfig::layer(env)?)
     }
 
+    /// Loads like [`Config::load`], with the secret store `LETTUCE_SECRET_STORE` names layered
+    /// between the config file and the environment: secret variables that neither set are
+    /// fetched from it before typing. This is what `worker run` and the other commands use;
+    /// `Config::load` stays the pure, offline path.
+    pub async fn load_with_secrets(env: &Env) -> Result<Config, ConfigError> {
+        let mut raw = RawConfig::layer(env)?;
+        let filled = crate::secrets::fill(&mut raw, env).await;
+        let typed = Config::from_raw(raw);
+        match (filled, typed) {
+            (Ok(filled), Ok(mut config)) => {
+                config.secrets_from_store = filled.from_store;
+                Ok(config)
+            }
+            (Ok(_), Err(e)) => Err(e),
+            (Err(mut vars), Err(e)) => {
+                vars.extend(e.vars);
+                Err(ConfigError { vars })
+            }
+            (Err(vars), Ok(_)) => Err(ConfigError { vars }),
+        }
+    }
+
     /// Types and validates a layered configuration, naming every bad variable.
     pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
         let mut p = Parser {
@@ -468,6 +493,7 @@ impl Config {
                 mount: p.string("LETTUCE_VAULT_MOUNT"),
             },
             config_file: raw.config_file.clone(),
+            secrets_from_store: Vec::new(),
         };
         if config.retry_max < config.retry_base {
             p.bad.push(BadVar {

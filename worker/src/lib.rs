@@ -2,9 +2,11 @@
 //!
 //! Map (mirrors ARCHITECTURE.md): `config` loads and validates settings; `boot` runs the gates
 //! in order; `db` holds every SQL statement; `runtime` claims, runs and completes jobs;
-//! `handlers` are the job kinds; `http` and `health` answer probes; `telemetry` sets up
-//! logging; `cli` is the command line.
+//! `handlers` are the job kinds; `artifacts` is where they write what they produce; `http` and
+//! `health` answer probes; `telemetry` sets up logging and OTLP tracing; `metrics` is the
+//! Prometheus registry; `cli` is the command line.
 
+pub mod artifacts;
 pub mod boot;
 pub mod cli;
 pub mod config;
@@ -12,7 +14,9 @@ pub mod db;
 pub mod handlers;
 pub mod health;
 pub mod http;
+pub mod metrics;
 pub mod runtime;
+pub mod secrets;
 pub mod telemetry;
 
 /// This build's version, as reported in `lettuce.workers` and logs.

@@ -4,6 +4,8 @@
 //! Postgres comes from `XTESTS_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`),
 //! which `scripts/test` sets after making sure a server answers.
 
+pub mod s3;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
@@ -13,6 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, NoTls};
+
+pub mod services;
 
 /// The admin URL of the test server.
 pub fn admin_url() -> String {

@@ -1,17 +1,23 @@
 //! Boot: the gates, in the SPEC's order, before any job runs.
 //!
 //! 1. config (parsed by the caller; exit 2)
-//! 2. license, 3. GitHub App, 4. telemetry resolution — the gates issue adds these here
+//! 2. license (exit 3), 3. GitHub App (exit 4), 4. telemetry resolution — [`gates`]
 //! 5. database, with retry until `LETTUCE_DB_CONNECT_TIMEOUT_MS` (exit 5)
 //! 6. schema, under the advisory lock (exit 6)
 //!
 //! then the runtime. `check-config` calls the same gate functions in report mode.
+
+pub mod entitlements;
+pub mod github;
+pub mod license;
+pub mod telemetry;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::artifacts::ArtifactStore;
 use crate::config::{Config, ConfigError};
 use crate::db::{self, DbError, DbPool};
 use crate::handlers::{Registry, Services};
@@ -23,6 +29,10 @@ use crate::runtime::{self, Deps, RuntimeHandle};
 pub enum BootError {
     #[error("{0}")]
     Config(#[from] ConfigError),
+    #[error("{0}")]
+    License(#[from] license::LicenseError),
+    #[error("{0}")]
+    GitHub(#[from] github::GithubError),
     #[error("DatabaseUnavailable: {0}")]
     Database(DbError),
     #[error("SchemaError: {0}")]
@@ -38,6 +48,8 @@ impl BootError {
     pub fn exit_code(&self) -> u8 {
         match self {
             BootError::Config(_) => 2,
+            BootError::License(_) => 3,
+            BootError::GitHub(_) => 4,
             BootError::Database(_) => 5,
             BootError::Schema(_) => 6,
             BootError::Http { .. } | BootError::Runtime(_) => 1,
@@ -63,6 +75,52 @@ pub async fn schema(pool: &DbPool) -> Result<db::schema::Applied, BootError> {
         .map_err(BootError::Schema)
 }
 
+/// What gates 2–4 decided; the runtime receives it through `handlers::Services`.
+#[derive(Debug, Clone)]
+pub struct Gates {
+    /// The verified license (`None` when not self-hosted).
+    pub license: Option<license::License>,
+    pub github: github::GithubStatus,
+    pub telemetry: telemetry::TelemetryDecision,
+    /// The license's caps (unlimited when not self-hosted).
+    pub entitlements: entitlements::Entitlements,
+}
+
+/// Gates 2–4 for `worker run`, in the SPEC's order: license (exit 3), GitHub App (exit 4),
+/// telemetry resolution. Each gate logs its own outcome; nothing here touches the network.
+pub fn gates(config: &Config, now: time::OffsetDateTime) -> Result<Gates, BootError> {
+    let license = license::gate(config, now)?;
+    let github = github::check(&config.github)?;
+    github::log(&github);
+    let claims = license.as_ref().map(|l| &l.claims);
+    let telemetry = telemetry::resolve(config, claims);
+    telemetry::log(&telemetry);
+    Ok(Gates {
+        entitlements: entitlements::Entitlements::from_claims(claims),
+        license,
+        github,
+        telemetry,
+    })
+}
+
+/// Builds the artifact store (no network call) and logs where artifacts go; warns when a
+/// self-hosted install keeps them on the local disk.
+pub fn artifact_store(config: &Config) -> Result<Arc<ArtifactStore>, BootError> {
+    let store = ArtifactStore::from_config(config).map_err(|e| {
+        BootError::Config(ConfigError {
+            vars: vec![crate::config::BadVar {
+                name: "CODEWAZE_S3_BUCKET".into(),
+                problem: e.to_string(),
+            }],
+        })
+    })?;
+    if let Some(warning) = ArtifactStore::durability_warning(config) {
+        tracing::warn!("{warning}");
+    }
+    tracing::info!(store = %store.describe(), "artifact store");
+    Ok(Arc::new(store))
+}
+
 /// `worker run`: every gate, then the runtime until `shutdown` resolves.
 pub async fn run(
     config: Config,
@@ -70,12 +128,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     on_start: impl FnOnce(RuntimeHandle),
 ) -> Result<(), BootError> {
+    // Gates 2–4 run before anything listens or connects: a refused gate touches nothing.
+    let gates = gates(&config, time::OffsetDateTime::now_utc())?;
     let config = Arc::new(config);
     let health = Arc::new(Health::default());
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let http_stop = CancellationToken::new();
     let _http_guard = http_stop.clone().drop_guard();
     if let Some(addr) = config.http_addr {
-        crate::http::serve(addr, health.clone(), http_stop.clone())
+        crate::http::serve(addr, health.clone(), metrics.clone(), http_stop.clone())
             .await
             .map_err(|e| BootError::Http {
                 addr: addr.to_string(),
@@ -86,7 +147,9 @@ pub async fn run(
     let applied = schema(&pool).await?;
     tracing::info!(schema = ?applied, "schema ready");
     health.set_pool(pool.clone());
-    let services = Arc::new(Services::new(pool.clone()));
+    metrics.set_pool(pool.clone());
+    let artifacts = artifact_store(&config)?;
+    let services = Arc::new(Services::new(pool.clone(), artifacts).with_gates(&gates));
     runtime::run(
         config,
         Deps {
@@ -94,6 +157,7 @@ pub async fn run(
             registry,
             health,
             services,
+            metrics,
         },
         shutdown,
         on_start,

@@ -1,9 +1,37 @@
-//! `worker check-config`: every gate and live probe in report mode. (Filled in by the gates issue.)
+//! `worker check-config`: every boot gate in report mode, plus live probes, and nothing
+//! started. It calls the same functions as `worker run` (config layering, the secret store's
+//! `fill`, `license::verify`, `github::check`, `telemetry::resolve`) and turns each outcome
+//! into a [`Check`] with a stable id instead of an exit.
+//!
+//! | id | what | live |
+//! |---|---|---|
+//! | `config` | variables parse (every bad one named) | |
+//! | `secrets` | the secret store answers and holds what is required | yes |
+//! | `license.signature` | the token verifies against the public key | |
+//! | `license.expiry` | not expired; WARN under 14 days | |
+//! | `github.app` | none or all five variables; id numeric; RSA key parses | |
+//! | `telemetry` | the resolved decision; WARN on a contradiction or the deprecated alias | |
+//! | `db.connect` | one connection within min(`LETTUCE_DB_CONNECT_TIMEOUT_MS`, 5 s) | yes |
+//! | `db.version` | server 15 or newer | yes |
+//! | `db.privileges` | CREATE on schema `lettuce`, or on the database before it exists | yes |
+//! | `schema` | the stored digest against this binary's list | yes |
+//! | `artifacts` | write, read back and delete a probe object | S3 only |
+//! | `telemetry.receiver` | `LETTUCE_TELEMETRY_URL` answers (WARN only) | yes |
+//! | `otlp` | the OTLP endpoint accepts a TCP connection (WARN only) | yes |
+//!
+//! `--offline` turns every network probe into `skip`. Secret values never appear: messages
+//! carry variable names, paths and error kinds only.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
-use super::fail;
-use crate::config::{Config, Env};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::artifacts::ArtifactStore;
+use crate::boot::{github, license, telemetry};
+use crate::config::{Config, Env, RawConfig};
+use crate::db;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -15,6 +43,762 @@ pub struct Args {
     pub offline: bool,
 }
 
-pub async fn run(_args: Args, _config: Config, _env: &Env) -> ExitCode {
-    fail("error: check-config is not implemented yet", 1)
+/// The outcome level of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+    Skip,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// Stable id scripts match on (`license.signature`, `db.connect`, …).
+    pub id: &'static str,
+    pub level: Level,
+    pub message: String,
+    /// One line telling the operator what to do; set on every failure and most warnings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+fn check(id: &'static str, level: Level, message: impl Into<String>) -> Check {
+    Check {
+        id,
+        level,
+        message: message.into(),
+        hint: None,
+    }
+}
+
+fn hinted(id: &'static str, level: Level, message: impl Into<String>, hint: &str) -> Check {
+    Check {
+        id,
+        level,
+        message: message.into(),
+        hint: Some(hint.to_string()),
+    }
+}
+
+/// The longest a single probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Cap on the database connect timeout, so check-config answers fast.
+const DB_TIMEOUT_CAP: Duration = Duration::from_secs(5);
+
+/// Entry point with a configuration the caller already loaded (from the environment only);
+/// the report reloads it through the same layers `run` uses.
+pub async fn run(args: Args, _config: Config, env: &Env) -> ExitCode {
+    run_env(args, env).await
+}
+
+/// Entry point straight from the environment: a configuration that does not load is a failed
+/// `config` check (exit 1), not a boot error.
+pub async fn run_env(args: Args, env: &Env) -> ExitCode {
+    let checks = report(env, args.offline, OffsetDateTime::now_utc()).await;
+    let failed = checks.iter().any(|c| c.level == Level::Fail);
+    if args.format == "json" {
+        let doc = serde_json::json!({ "ok": !failed, "offline": args.offline, "checks": checks });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).expect("report serialises")
+        );
+    } else {
+        print!("{}", render_human(&checks));
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// The human table: one row per check, a hint line under failures and warnings.
+pub fn render_human(checks: &[Check]) -> String {
+    let count = |l: Level| checks.iter().filter(|c| c.level == l).count();
+    let mut out = String::new();
+    for c in checks {
+        let level = match c.level {
+            Level::Ok => "ok",
+            Level::Warn => "WARN",
+            Level::Fail => "FAIL",
+            Level::Skip => "skip",
+        };
+        out.push_str(&format!("{level:<5} {:<19} {}\n", c.id, c.message));
+        if let Some(h) = &c.hint {
+            out.push_str(&format!("{:<25} hint: {h}\n", ""));
+        }
+    }
+    out.push_str(&format!(
+        "\n{} ok, {} warn, {} fail, {} skipped\n",
+        count(Level::Ok),
+        count(Level::Warn),
+        count(Level::Fail),
+        count(Level::Skip)
+    ));
+    out
+}
+
+/// Every check, in gate order. `offline` skips each network probe.
+pub async fn report(env: &Env, offline: bool, now: OffsetDateTime) -> Vec<Check> {
+    let mut out = Vec::new();
+    let mut after_config = [
+        "secrets",
+        "license.signature",
+        "license.expiry",
+        "github.app",
+        "telemetry",
+        "db.connect",
+        "db.version",
+        "db.privileges",
+        "schema",
+        "artifacts",
+        "telemetry.receiver",
+        "otlp",
+    ]
+    .into_iter();
+    let skip_rest = |out: &mut Vec<Check>, rest: &mut dyn Iterator<Item = &'static str>| {
+        for id in rest {
+            out.push(check(
+                id,
+                Level::Skip,
+                "skipped: the configuration did not load",
+            ));
+        }
+    };
+
+    // Gate 1 and the secret store, layered exactly as `Config::load_with_secrets` does.
+    let mut raw = match RawConfig::layer(env) {
+        Ok(raw) => raw,
+        Err(e) => {
+            out.push(hinted(
+                "config",
+                Level::Fail,
+                e.to_string(),
+                "fix each variable named above; booleans accept true/false/1/0/yes/no/on/off",
+            ));
+            skip_rest(&mut out, &mut after_config);
+            return out;
+        }
+    };
+    let store_kind = raw
+        .get("LETTUCE_SECRET_STORE")
+        .unwrap_or("env")
+        .trim()
+        .to_ascii_lowercase();
+    let secrets_check = if store_kind == "env" {
+        check(
+            "secrets",
+            Level::Ok,
+            "LETTUCE_SECRET_STORE=env: secrets come from the environment",
+        )
+    } else if offline {
+        check(
+            "secrets",
+            Level::Skip,
+            format!(
+                "skipped (--offline): the {store_kind} store was not asked for secret variables"
+            ),
+        )
+    } else {
+        match crate::secrets::fill(&mut raw, env).await {
+            Ok(filled) => {
+                let from = if filled.from_store.is_empty() {
+                    "none".to_string()
+                } else {
+                    filled.from_store.join(", ")
+                };
+                check(
+                    "secrets",
+                    Level::Ok,
+                    format!("{} answered; from the store: {from}", filled.store),
+                )
+            }
+            Err(bad) => hinted(
+                "secrets",
+                Level::Fail,
+                bad.iter()
+                    .map(|b| format!("{}: {}", b.name, b.problem))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                "check VAULT_ADDR/VAULT_TOKEN (vault) or AWS_* credentials and endpoint (aws), and that each named secret exists",
+            ),
+        }
+    };
+    // Secret variables a store would have filled are unknown offline; gates that need them
+    // are skipped rather than failed.
+    let unknown_offline =
+        |raw: &RawConfig, name: &str| offline && store_kind != "env" && !raw.is_explicit(name);
+    let config = match Config::from_raw(raw.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            out.push(hinted(
+                "config",
+                Level::Fail,
+                e.to_string(),
+                "fix each variable named above; booleans accept true/false/1/0/yes/no/on/off",
+            ));
+            out.push(secrets_check);
+            after_config.next();
+            skip_rest(&mut out, &mut after_config);
+            return out;
+        }
+    };
+    let source = match &config.config_file {
+        Some(f) => format!("defaults, {}, secret store, environment", f.display()),
+        None => "defaults, secret store, environment".to_string(),
+    };
+    out.push(check(
+        "config",
+        Level::Ok,
+        format!("every variable parses (layers: {source})"),
+    ));
+    out.push(secrets_check);
+
+    // Gate 2: the license, without writing the cache (check-config starts nothing).
+    let claims = license_checks(&config, &raw, now, &unknown_offline, &mut out);
+
+    // Gate 3: the GitHub App.
+    out.push(github_check(&config, &raw, &unknown_offline));
+
+    // Gate 4: telemetry resolution.
+    let decision = telemetry::resolve(&config, claims.as_ref());
+    let mut notes = vec![decision.reason.clone()];
+    if decision.deprecated_alias_used {
+        notes.push(telemetry::DEPRECATED_ALIAS_WARNING.to_string());
+    }
+    out.push(
+        if decision.contradiction || decision.deprecated_alias_used {
+            hinted(
+                "telemetry",
+                Level::Warn,
+                notes.join("; "),
+                "set LETTUCE_TELEMETRY_ENABLED explicitly and remove LETTUCE_TELEMETRY_DISABLED",
+            )
+        } else {
+            check("telemetry", Level::Ok, decision.reason.clone())
+        },
+    );
+
+    // Gates 5–6 as live probes.
+    out.extend(database_checks(&config, offline).await);
+    out.push(artifact_check(&config, offline).await);
+    out.push(receiver_check(&decision, offline).await);
+    out.push(otlp_check(env, offline).await);
+    out
+}
+
+/// `license.signature` and `license.expiry`; returns the claims when the token verified.
+fn license_checks(
+    config: &Config,
+    raw: &RawConfig,
+    now: OffsetDateTime,
+    unknown_offline: &dyn Fn(&RawConfig, &str) -> bool,
+    out: &mut Vec<Check>,
+) -> Option<license::Claims> {
+    if !config.self_hosted {
+        out.push(check(
+            "license.signature",
+            Level::Skip,
+            "LETTUCE_SELF_HOSTED is false: no license needed",
+        ));
+        out.push(check(
+            "license.expiry",
+            Level::Skip,
+            "LETTUCE_SELF_HOSTED is false: no license needed",
+        ));
+        return None;
+    }
+    let token = config.license_key.as_ref().map(|t| t.expose().trim());
+    let token = match token {
+        Some(t) if !t.is_empty() => t,
+        _ if unknown_offline(raw, "LETTUCE_LICENSE_KEY") => {
+            for id in ["license.signature", "license.expiry"] {
+                out.push(check(
+                    id,
+                    Level::Skip,
+                    "skipped (--offline): LETTUCE_LICENSE_KEY would come from the secret store",
+                ));
+            }
+            return None;
+        }
+        _ => {
+            out.push(hinted(
+                "license.signature",
+                Level::Fail,
+                license::LicenseError::Missing.to_string(),
+                "set LETTUCE_LICENSE_KEY to the license JWT from Lettuce sales",
+            ));
+            out.push(check("license.expiry", Level::Skip, "no license to check"));
+            return None;
+        }
+    };
+    let key = match license::load_public_key(&config.license_public_key) {
+        Ok(k) => k,
+        Err(e) => {
+            out.push(hinted(
+                "license.signature",
+                Level::Fail,
+                e.to_string(),
+                "point LETTUCE_LICENSE_PUBLIC_KEY at the Ed25519 public key PEM (path or inline text)",
+            ));
+            out.push(check("license.expiry", Level::Skip, "no license to check"));
+            return None;
+        }
+    };
+    match license::verify(token, &key, now) {
+        Ok(claims) => {
+            out.push(check(
+                "license.signature",
+                Level::Ok,
+                format!(
+                    "signature valid: customer {}, license {}",
+                    claims.sub, claims.jti
+                ),
+            ));
+            let days_left = (claims.exp - now.unix_timestamp()).div_euclid(86_400);
+            let date = OffsetDateTime::from_unix_timestamp(claims.exp)
+                .map(|d| d.date().to_string())
+                .unwrap_or_else(|_| claims.exp.to_string());
+            out.push(if days_left < 14 {
+                hinted(
+                    "license.expiry",
+                    Level::Warn,
+                    format!("expires on {date} ({days_left} days left)"),
+                    "ask Lettuce sales for a renewal before the license expires",
+                )
+            } else {
+                check(
+                    "license.expiry",
+                    Level::Ok,
+                    format!("expires on {date} ({days_left} days left)"),
+                )
+            });
+            Some(claims)
+        }
+        Err(e @ license::LicenseError::Expired { .. }) => {
+            out.push(check(
+                "license.signature",
+                Level::Ok,
+                "signature valid".to_string(),
+            ));
+            out.push(hinted(
+                "license.expiry",
+                Level::Fail,
+                e.to_string(),
+                "install a renewed license in LETTUCE_LICENSE_KEY; the next boot refuses an expired one",
+            ));
+            None
+        }
+        Err(e) => {
+            out.push(hinted(
+                "license.signature",
+                Level::Fail,
+                e.to_string(),
+                "use the exact token Lettuce issued and the matching public key",
+            ));
+            out.push(check(
+                "license.expiry",
+                Level::Skip,
+                "no verified license to check",
+            ));
+            None
+        }
+    }
+}
+
+fn github_check(
+    config: &Config,
+    raw: &RawConfig,
+    unknown_offline: &dyn Fn(&RawConfig, &str) -> bool,
+) -> Check {
+    let gitlab = config
+        .github
+        .gitlab_host
+        .as_ref()
+        .map(|h| format!("; GitLab host {h}"))
+        .unwrap_or_default();
+    match github::check(&config.github) {
+        Ok(github::GithubStatus::NotConfigured { .. }) => hinted(
+            "github.app",
+            Level::Warn,
+            format!(
+                "{}: none of {} is set; GitHub jobs will fail{gitlab}",
+                github::NOT_CONFIGURED,
+                github::VARIABLES.join(", ")
+            ),
+            "register a GitHub App and set all five GITHUB_APP_* variables on every worker and api",
+        ),
+        Ok(github::GithubStatus::Configured(app)) => check(
+            "github.app",
+            Level::Ok,
+            format!(
+                "app {} (`{}`) on {}; private key: {} {}{gitlab}",
+                app.app_id,
+                app.app_name,
+                app.github_host,
+                app.key_form.describe(),
+                app.key_encoding
+            ),
+        ),
+        Err(github::GithubError::Incomplete { missing })
+            if missing.iter().all(|m| unknown_offline(raw, m)) =>
+        {
+            check(
+                "github.app",
+                Level::Skip,
+                format!(
+                    "skipped (--offline): {} would come from the secret store",
+                    missing.join(", ")
+                ),
+            )
+        }
+        Err(e) => {
+            let hint = match e {
+                github::GithubError::Incomplete { .. } => {
+                    "set the missing variables (or unset all five to run without GitHub)"
+                }
+                github::GithubError::BadAppId(_) => {
+                    "GITHUB_APP_ID is the numeric App ID from the App's settings page"
+                }
+                github::GithubError::BadPrivateKey { .. } => {
+                    "paste the App's .pem as is, with literal \\n, or base64-encoded"
+                }
+            };
+            hinted("github.app", Level::Fail, e.to_string(), hint)
+        }
+    }
+}
+
+async fn database_checks(config: &Config, offline: bool) -> Vec<Check> {
+    let ids = ["db.connect", "db.version", "db.privileges", "schema"];
+    if offline {
+        return ids
+            .iter()
+            .map(|id| check(id, Level::Skip, "skipped (--offline)"))
+            .collect();
+    }
+    let skipped = |from: usize, why: &str| -> Vec<Check> {
+        ids[from..]
+            .iter()
+            .map(|id| check(id, Level::Skip, format!("skipped: {why}")))
+            .collect()
+    };
+    let pg = match db::parse_url(config.database_url.expose()) {
+        Ok(pg) => pg,
+        Err(e) => {
+            let mut v = vec![hinted(
+                "db.connect",
+                Level::Fail,
+                e.to_string(),
+                "DATABASE_URL must be a postgres:// URL or key=value connection string",
+            )];
+            v.extend(skipped(1, "no connection"));
+            return v;
+        }
+    };
+    let target = db::describe(&pg);
+    let dbname = pg.get_dbname().unwrap_or("(default)").to_string();
+    let pool = db::build_pool(pg, 1);
+    let limit = config.db_connect_timeout.min(DB_TIMEOUT_CAP);
+    match tokio::time::timeout(limit, pool.get()).await {
+        Ok(Ok(client)) => drop(client),
+        Ok(Err(e)) => {
+            let text = match &e {
+                deadpool_postgres::PoolError::Backend(pe) => {
+                    if pe.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) {
+                        let mut v = vec![hinted(
+                            "db.connect",
+                            Level::Warn,
+                            format!(
+                                "{target}: the server answers but database `{dbname}` does not exist yet"
+                            ),
+                            "`worker run` creates it when the role has CREATEDB; otherwise create it first",
+                        )];
+                        v.extend(skipped(1, "the database does not exist yet"));
+                        return v;
+                    }
+                    db::error_text(pe)
+                }
+                other => other.to_string(),
+            };
+            let mut v = vec![hinted(
+                "db.connect",
+                Level::Fail,
+                format!("{target}: {text}"),
+                "check DATABASE_URL's host, port, user and password, and that Postgres accepts connections from here",
+            )];
+            v.extend(skipped(1, "no connection"));
+            return v;
+        }
+        Err(_) => {
+            let mut v = vec![hinted(
+                "db.connect",
+                Level::Fail,
+                format!("{target}: no connection within {} ms", limit.as_millis()),
+                "check DATABASE_URL's host and port and any firewall in between",
+            )];
+            v.extend(skipped(1, "no connection"));
+            return v;
+        }
+    }
+    let mut v = vec![check(
+        "db.connect",
+        Level::Ok,
+        format!("connected to {target}"),
+    )];
+    let facts = match db::probe::server_facts(&pool).await {
+        Ok(f) => f,
+        Err(e) => {
+            v.push(hinted(
+                "db.version",
+                Level::Fail,
+                e.to_string(),
+                "the role must be able to run simple queries",
+            ));
+            v.extend(skipped(2, "server facts unavailable"));
+            return v;
+        }
+    };
+    v.push(if facts.version_num >= 150_000 {
+        check(
+            "db.version",
+            Level::Ok,
+            format!("PostgreSQL {}", facts.version),
+        )
+    } else {
+        hinted(
+            "db.version",
+            Level::Fail,
+            format!(
+                "PostgreSQL {} is too old; 15 or newer is required",
+                facts.version
+            ),
+            "upgrade the server to PostgreSQL 15+",
+        )
+    });
+    let privilege_target = if facts.schema_exists {
+        "schema `lettuce`".to_string()
+    } else {
+        format!("database `{}` (to create schema `lettuce`)", facts.database)
+    };
+    v.push(if facts.can_create {
+        check(
+            "db.privileges",
+            Level::Ok,
+            format!("role `{}` may CREATE in {privilege_target}", facts.user),
+        )
+    } else {
+        hinted(
+            "db.privileges",
+            Level::Fail,
+            format!("role `{}` lacks CREATE on {privilege_target}", facts.user),
+            if facts.schema_exists {
+                "GRANT CREATE ON SCHEMA lettuce TO the worker's role (or make it the owner)"
+            } else {
+                "GRANT CREATE ON DATABASE to the worker's role, or create schema lettuce owned by it"
+            },
+        )
+    });
+    v.push(match db::schema::state(&pool).await {
+        Ok(Some(true)) => check("schema", Level::Ok, "applied and matches this binary"),
+        Ok(state) if !facts.can_create => hinted(
+            "schema",
+            Level::Fail,
+            match state {
+                None => "not applied, and this role cannot apply it",
+                _ => "differs from this binary, and this role cannot reapply it",
+            },
+            "grant the CREATE privilege above, or run `worker schema apply` as a role that has it",
+        ),
+        Ok(None) => check(
+            "schema",
+            Level::Warn,
+            "not applied yet; `worker run` applies it at boot",
+        ),
+        Ok(Some(false)) => check(
+            "schema",
+            Level::Warn,
+            "differs from this binary's statement list; `worker run` reapplies it at boot",
+        ),
+        Err(e) => hinted(
+            "schema",
+            Level::Fail,
+            e.to_string(),
+            "the role must be able to read lettuce.schema_state",
+        ),
+    });
+    v
+}
+
+async fn artifact_check(config: &Config, offline: bool) -> Check {
+    // S3 is network (and its credentials may be waiting in the secret store): skip offline.
+    // A local directory is not network, so it is probed even offline.
+    if offline && config.s3.is_some() {
+        let bucket = config
+            .s3
+            .as_ref()
+            .map(|s| s.bucket.as_str())
+            .unwrap_or_default();
+        return check(
+            "artifacts",
+            Level::Skip,
+            format!("skipped (--offline): S3 bucket {bucket}"),
+        );
+    }
+    let store = match ArtifactStore::from_config(config) {
+        Ok(s) => s,
+        Err(e) => {
+            return hinted(
+                "artifacts",
+                Level::Fail,
+                e.to_string(),
+                "check the CODEWAZE_S3_* variables",
+            );
+        }
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT * 4, store.probe()).await {
+        Ok(Ok(())) => {
+            let durability = ArtifactStore::durability_warning(config);
+            match durability {
+                Some(w) => hinted(
+                    "artifacts",
+                    Level::Warn,
+                    format!(
+                        "probe object written, read back and deleted in {}; {w}",
+                        store.describe()
+                    ),
+                    "set CODEWAZE_S3_BUCKET so every replica shares one artifact store",
+                ),
+                None => check(
+                    "artifacts",
+                    Level::Ok,
+                    format!(
+                        "probe object written, read back and deleted in {}",
+                        store.describe()
+                    ),
+                ),
+            }
+        }
+        Ok(Err(e)) => hinted(
+            "artifacts",
+            Level::Fail,
+            format!("{}: {e}", store.describe()),
+            "check the bucket exists and the credentials may put, get and delete objects (or that CODEWAZE_DATA_DIR is writable)",
+        ),
+        Err(_) => hinted(
+            "artifacts",
+            Level::Fail,
+            format!(
+                "{}: no answer within {:?}",
+                store.describe(),
+                PROBE_TIMEOUT * 4
+            ),
+            "check CODEWAZE_S3_ENDPOINT and the network path to it",
+        ),
+    }
+}
+
+async fn receiver_check(decision: &telemetry::TelemetryDecision, offline: bool) -> Check {
+    if !decision.effective {
+        return check("telemetry.receiver", Level::Skip, "telemetry is off");
+    }
+    if offline {
+        return check(
+            "telemetry.receiver",
+            Level::Skip,
+            format!("skipped (--offline): {}", decision.url),
+        );
+    }
+    let http = match reqwest::Client::builder().timeout(PROBE_TIMEOUT).build() {
+        Ok(h) => h,
+        Err(e) => return check("telemetry.receiver", Level::Warn, e.to_string()),
+    };
+    match http.get(&decision.url).send().await {
+        Ok(r) => check(
+            "telemetry.receiver",
+            Level::Ok,
+            format!("{} answered HTTP {}", decision.url, r.status().as_u16()),
+        ),
+        Err(e) => hinted(
+            "telemetry.receiver",
+            Level::Warn,
+            format!("{} unreachable: {}", decision.url, error_chain(&e)),
+            "allow outbound HTTPS to the receiver (or set LETTUCE_TELEMETRY_URL to your proxy); the worker runs anyway",
+        ),
+    }
+}
+
+async fn otlp_check(env: &Env, offline: bool) -> Check {
+    let endpoint = [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    .iter()
+    .find_map(|k| {
+        env.get(*k)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    });
+    let Some(endpoint) = endpoint else {
+        return check("otlp", Level::Skip, "no OTLP endpoint set: no exporter");
+    };
+    if offline {
+        return check(
+            "otlp",
+            Level::Skip,
+            format!("skipped (--offline): {endpoint}"),
+        );
+    }
+    let url = match reqwest::Url::parse(&endpoint) {
+        Ok(u) => u,
+        Err(e) => {
+            return hinted(
+                "otlp",
+                Level::Warn,
+                format!("{endpoint} is not a URL: {e}"),
+                "set OTEL_EXPORTER_OTLP_ENDPOINT like http://collector:4318",
+            );
+        }
+    };
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+        return hinted(
+            "otlp",
+            Level::Warn,
+            format!("{endpoint} names no host"),
+            "set OTEL_EXPORTER_OTLP_ENDPOINT like http://collector:4318",
+        );
+    };
+    let addr = format!(
+        "{}:{port}",
+        host.trim_start_matches('[').trim_end_matches(']')
+    );
+    match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(&addr)).await {
+        Ok(Ok(_)) => check("otlp", Level::Ok, format!("{endpoint} accepts connections")),
+        Ok(Err(e)) => hinted(
+            "otlp",
+            Level::Warn,
+            format!("{endpoint} unreachable: {e}"),
+            "start the collector or fix OTEL_EXPORTER_OTLP_ENDPOINT; traces are dropped meanwhile",
+        ),
+        Err(_) => hinted(
+            "otlp",
+            Level::Warn,
+            format!("{endpoint}: no connection within {PROBE_TIMEOUT:?}"),
+            "start the collector or fix OTEL_EXPORTER_OTLP_ENDPOINT; traces are dropped meanwhile",
+        ),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

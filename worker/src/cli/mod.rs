@@ -69,24 +69,59 @@ pub async fn dispatch(cli: Cli, env: Env) -> ExitCode {
             print!("{}", crate::db::schema::script());
             return ExitCode::SUCCESS;
         }
+        Command::CheckConfig(args) => {
+            // check-config reports a configuration that does not load as a failed check.
+            crate::telemetry::init_logging(log_format_hint(&env));
+            return check_config::run_env(args, &env).await;
+        }
         _ => {}
     }
-    let config = match Config::load(&env) {
+    // The secret store (LETTUCE_SECRET_STORE) fills secret variables the environment leaves
+    // unset; a store that is down or lacks a required secret is a config error (exit 2).
+    let config = match Config::load_with_secrets(&env).await {
         Ok(c) => c,
         Err(e) => {
             crate::telemetry::init_logging(log_format_hint(&env));
             return fail(&BootError::Config(e).to_string(), 2);
         }
     };
+    if let Command::Run = command {
+        // Only `run` exports spans; the exporter is built here, inside the runtime.
+        let telemetry = match crate::telemetry::otlp::settings_from_env(&env)
+            .and_then(|s| crate::telemetry::init(config.log_format, s.as_ref()))
+        {
+            Ok(t) => t,
+            Err(e) => {
+                crate::telemetry::init_logging(config.log_format);
+                return fail(&e.to_string(), 2);
+            }
+        };
+        log_secret_sources(&config);
+        let code = run(config).await;
+        // Flush what the batch exporter still holds (the last attempts before SIGTERM).
+        telemetry.shutdown().await;
+        return code;
+    }
     crate::telemetry::init_logging(config.log_format);
+    log_secret_sources(&config);
     match command {
-        Command::Run => run(config).await,
+        Command::Run => unreachable!("handled above"),
         Command::CheckConfig(args) => check_config::run(args, config, &env).await,
         Command::Enqueue(args) => enqueue::run(args, config).await,
         Command::Jobs { command } => jobs::run(command, config).await,
         Command::Schema { command } => schema::run(command, config).await,
         Command::Healthcheck => healthcheck::run(&config).await,
         Command::License { .. } | Command::Init(_) => unreachable!("handled above"),
+    }
+}
+
+/// Names (never values) of the secret variables the store supplied.
+fn log_secret_sources(config: &Config) {
+    if !config.secrets_from_store.is_empty() {
+        tracing::info!(
+            variables = %config.secrets_from_store.join(","),
+            "secret variables read from the secret store"
+        );
     }
 }
 

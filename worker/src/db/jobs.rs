@@ -11,6 +11,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use tokio_postgres::GenericClient;
 use tokio_postgres::types::Type;
+use tracing::Instrument;
 
 use super::{DbError, DbPool};
 
@@ -74,7 +75,14 @@ impl NewJob {
 
 /// Enqueues one job inside the caller's transaction (or autocommit client) via
 /// `lettuce.enqueue`, returning its id (or the existing id for a duplicate unique key).
+///
+/// With no `traceparent` set, the current span's context is stored, so the job's span becomes
+/// its child.
 pub async fn enqueue(client: &impl GenericClient, job: &NewJob) -> Result<i64, DbError> {
+    let traceparent = job
+        .traceparent
+        .clone()
+        .or_else(crate::telemetry::current_traceparent);
     let row = client
         .query_one(
             "SELECT lettuce.enqueue($1, $2, $3, $4::int, coalesce($5, now()), $6, $7, $8)",
@@ -86,7 +94,7 @@ pub async fn enqueue(client: &impl GenericClient, job: &NewJob) -> Result<i64, D
                 &job.run_at,
                 &job.max_attempts,
                 &job.unique_key,
-                &job.traceparent,
+                &traceparent,
             ],
         )
         .await?;
@@ -101,6 +109,12 @@ pub async fn enqueue_many(
     jobs: &[NewJob],
 ) -> Result<Vec<i64>, DbError> {
     let mut ids = vec![0i64; jobs.len()];
+    // Jobs without their own traceparent carry the caller's current one (see `enqueue`).
+    let ambient = if jobs.iter().any(|j| j.traceparent.is_none()) {
+        crate::telemetry::current_traceparent()
+    } else {
+        None
+    };
     let (plain, unique): (Vec<usize>, Vec<usize>) =
         (0..jobs.len()).partition(|&i| jobs[i].unique_key.is_none());
     for (positions, with_unique) in [(plain, false), (unique, true)] {
@@ -122,7 +136,7 @@ pub async fn enqueue_many(
             .collect();
         let traceparents: Vec<Option<String>> = positions
             .iter()
-            .map(|&i| jobs[i].traceparent.clone())
+            .map(|&i| jobs[i].traceparent.clone().or_else(|| ambient.clone()))
             .collect();
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
             &kinds,
@@ -221,6 +235,35 @@ pub async fn claim_batch(
     worker_id: &str,
     lease: Duration,
 ) -> Result<Vec<ClaimedJob>, DbError> {
+    let span = crate::telemetry::sql_span("db.claim_batch", "UPDATE", CLAIM_SQL);
+    let result = claim_batch_sql(pool, queue, kinds, limit, worker_id, lease)
+        .instrument(span.clone())
+        .await;
+    record_sql(&span, &result, |jobs| jobs.len());
+    result
+}
+
+/// Records the row count, or the error, on a statement's span.
+fn record_sql<T>(span: &tracing::Span, result: &Result<T, DbError>, rows: impl Fn(&T) -> usize) {
+    if span.is_disabled() {
+        return;
+    }
+    match result {
+        Ok(v) => {
+            span.record("db.rows", rows(v) as u64);
+        }
+        Err(e) => crate::telemetry::record_error(span, e),
+    }
+}
+
+async fn claim_batch_sql(
+    pool: &DbPool,
+    queue: &str,
+    kinds: &[String],
+    limit: i64,
+    worker_id: &str,
+    lease: Duration,
+) -> Result<Vec<ClaimedJob>, DbError> {
     let client = pool.get().await?;
     let stmt = client.prepare_cached(CLAIM_SQL).await?;
     let lease_ms = lease.as_millis() as f64;
@@ -302,6 +345,20 @@ pub async fn complete_batch(
     batch: &[Completion],
     artifacts: &[ArtifactRow],
 ) -> Result<Vec<i64>, DbError> {
+    let span = crate::telemetry::sql_span("db.complete_batch", "UPDATE", COMPLETE_SQL);
+    let result = complete_batch_sql(pool, worker_id, batch, artifacts)
+        .instrument(span.clone())
+        .await;
+    record_sql(&span, &result, |ids| ids.len());
+    result
+}
+
+async fn complete_batch_sql(
+    pool: &DbPool,
+    worker_id: &str,
+    batch: &[Completion],
+    artifacts: &[ArtifactRow],
+) -> Result<Vec<i64>, DbError> {
     let mut client = pool.get().await?;
     let ids: Vec<i64> = batch.iter().map(|c| c.id).collect();
     let attempts: Vec<i32> = batch.iter().map(|c| c.attempt).collect();
@@ -371,6 +428,30 @@ pub async fn heartbeat(
     held: &[(i64, i32)],
     lease: Duration,
 ) -> Result<Vec<i64>, DbError> {
+    let span = crate::telemetry::sql_span("db.heartbeat", "UPDATE", HEARTBEAT_SQL);
+    let result = heartbeat_sql(pool, worker, held, lease)
+        .instrument(span.clone())
+        .await;
+    record_sql(&span, &result, |ids| ids.len());
+    result
+}
+
+const HEARTBEAT_SQL: &str = "WITH w AS (
+                 INSERT INTO lettuce.workers (id, hostname, pid, version, queues)
+                 VALUES ($4, $5, $6, $7, $8)
+                 ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
+             )
+             UPDATE lettuce.jobs j SET lease_expires_at = now() + $3 * interval '1 millisecond'
+               FROM unnest($1::int8[], $2::int4[]) AS u(id, attempt)
+              WHERE j.id = u.id AND j.attempt = u.attempt AND j.locked_by = $4 AND j.state = 'running'
+             RETURNING j.id";
+
+async fn heartbeat_sql(
+    pool: &DbPool,
+    worker: &super::workers::WorkerRow,
+    held: &[(i64, i32)],
+    lease: Duration,
+) -> Result<Vec<i64>, DbError> {
     let client = pool.get().await?;
     let ids: Vec<i64> = held.iter().map(|h| h.0).collect();
     let attempts: Vec<i32> = held.iter().map(|h| h.1).collect();
@@ -379,15 +460,7 @@ pub async fn heartbeat(
     // be planned with the actual array, not a generic plan built on stale statistics.
     let rows = client
         .query_typed(
-            "WITH w AS (
-                 INSERT INTO lettuce.workers (id, hostname, pid, version, queues)
-                 VALUES ($4, $5, $6, $7, $8)
-                 ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
-             )
-             UPDATE lettuce.jobs j SET lease_expires_at = now() + $3 * interval '1 millisecond'
-               FROM unnest($1::int8[], $2::int4[]) AS u(id, attempt)
-              WHERE j.id = u.id AND j.attempt = u.attempt AND j.locked_by = $4 AND j.state = 'running'
-             RETURNING j.id",
+            HEARTBEAT_SQL,
             &[
                 (&ids, Type::INT8_ARRAY),
                 (&attempts, Type::INT4_ARRAY),
@@ -401,6 +474,30 @@ pub async fn heartbeat(
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Jobs in non-final states by queue and state, for `/metrics`. Bounded: the statement may
+/// take at most two seconds and returns at most 1000 groups, so a scrape stays cheap.
+pub async fn queue_depth(pool: &DbPool) -> Result<Vec<(String, String, i64)>, DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.batch_execute("SET LOCAL statement_timeout = 2000")
+        .await?;
+    let rows = tx
+        .query(
+            "SELECT queue, state, count(*) FROM lettuce.jobs
+              WHERE state IN ('available', 'scheduled', 'running', 'retryable')
+              GROUP BY queue, state
+              ORDER BY queue, state
+              LIMIT 1000",
+            &[],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
 }
 
 /// A job whose lease expired and was taken back from a presumed-dead worker.

@@ -8,8 +8,10 @@
 //! - `workers.rs`: presence rows in `lettuce.workers`.
 
 pub mod diag;
+pub mod entitlements;
 pub mod jobs;
 pub mod listener;
+pub mod probe;
 pub mod schema;
 pub mod workers;
 

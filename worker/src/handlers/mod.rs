@@ -5,6 +5,7 @@
 //! discard at once, snooze without using an attempt, or cancel.
 
 pub mod diag;
+pub mod diag_gates;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -16,6 +17,11 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::artifacts::{ArtifactStore, key_for};
+use crate::boot::entitlements::{Entitlements, LimitReached};
+use crate::boot::github::{GithubApp, GithubStatus};
+use crate::boot::license::Claims;
+use crate::boot::telemetry::TelemetryDecision;
 use crate::db::DbPool;
 use crate::db::jobs::ArtifactRow;
 
@@ -53,11 +59,39 @@ pub struct JobInfo {
 pub struct Services {
     /// Used only through the narrow methods below, never handed to a handler.
     pool: DbPool,
+    /// Where artifacts go; built once at boot from the configuration.
+    artifacts: Arc<ArtifactStore>,
+    /// The verified license claims (never the token); `None` when not self-hosted.
+    pub license: Option<Claims>,
+    /// Gate 4's decision; the heartbeat task sends only when `effective`.
+    pub telemetry: TelemetryDecision,
+    /// The license caps handlers enforce through [`JobContext::require_repos`] and friends.
+    pub entitlements: Entitlements,
+    /// Gate 3's outcome; GitHub-dependent handlers call [`JobContext::github_app`].
+    pub github: GithubStatus,
 }
 
 impl Services {
-    pub fn new(pool: DbPool) -> Self {
-        Services { pool }
+    /// Services with dev-mode gate outcomes (no license, no caps, no telemetry, no GitHub
+    /// App); boot replaces them with [`Services::with_gates`].
+    pub fn new(pool: DbPool, artifacts: Arc<ArtifactStore>) -> Self {
+        Services {
+            pool,
+            artifacts,
+            license: None,
+            telemetry: crate::boot::telemetry::decide(false, false, None, String::new(), false),
+            entitlements: Entitlements::unlimited(),
+            github: GithubStatus::NotConfigured { gitlab_host: None },
+        }
+    }
+
+    /// Takes the outcomes of boot gates 2–4.
+    pub fn with_gates(mut self, gates: &crate::boot::Gates) -> Self {
+        self.license = gates.license.as_ref().map(|l| l.claims.clone());
+        self.telemetry = gates.telemetry.clone();
+        self.entitlements = gates.entitlements;
+        self.github = gates.github.clone();
+        self
     }
 }
 
@@ -87,6 +121,77 @@ impl JobContext {
         crate::db::diag::record_execution(&self.services.pool, &self.job)
             .await
             .map_err(|e| HandlerError::Retryable(e.to_string()))
+    }
+
+    /// The license caps in force (unlimited when not self-hosted).
+    pub fn entitlements(&self) -> &Entitlements {
+        &self.services.entitlements
+    }
+
+    /// Fails the job permanently with `License limit reached: …` when `wanted` repositories
+    /// exceed the license, and stamps `lettuce.instance.license_limit_reached_at` for the UI.
+    pub async fn require_repos(&self, wanted: u64) -> Result<(), HandlerError> {
+        let checked = self.services.entitlements.check_repos(wanted);
+        self.limit_outcome(checked).await
+    }
+
+    /// Like [`JobContext::require_repos`], for seats.
+    pub async fn require_seats(&self, wanted: u64) -> Result<(), HandlerError> {
+        let checked = self.services.entitlements.check_seats(wanted);
+        self.limit_outcome(checked).await
+    }
+
+    async fn limit_outcome(&self, checked: Result<(), LimitReached>) -> Result<(), HandlerError> {
+        let Err(limit) = checked else {
+            return Ok(());
+        };
+        // The badge is informative: failing to stamp it must not turn a permanent error into
+        // a retry, so the error is only logged.
+        if let Err(e) = crate::db::entitlements::record_limit_reached(&self.services.pool).await {
+            tracing::warn!(error = %e, "could not record license_limit_reached_at");
+        }
+        tracing::warn!(job.id = self.job.id, job.kind = %self.job.kind, "{limit}");
+        Err(HandlerError::Permanent(limit.to_string()))
+    }
+
+    /// The configured GitHub App, or the permanent error `GitHub App is not configured on
+    /// this Lettuce instance` for GitHub-dependent jobs.
+    pub fn github_app(&self) -> Result<&GithubApp, HandlerError> {
+        self.services
+            .github
+            .app()
+            .map_err(|m| HandlerError::Permanent(m.to_string()))
+    }
+
+    /// The artifact store, for handlers that need more than [`JobContext::write_artifact`].
+    pub fn artifacts(&self) -> &ArtifactStore {
+        &self.services.artifacts
+    }
+
+    /// Streams `body` to this attempt's artifact `name` (key `jobs/<id>/attempt-<n>/<name>`)
+    /// and notes it, so the completion records its row. A failed write is retryable: the store
+    /// may be down or misconfigured, and nothing is lost by trying the job again later.
+    pub async fn write_artifact<R>(&self, name: &str, body: R) -> Result<ArtifactRow, HandlerError>
+    where
+        R: tokio::io::AsyncRead + Unpin + Send,
+    {
+        let key = key_for(self.job.id, self.job.attempt, name)
+            .map_err(|e| HandlerError::Permanent(e.to_string()))?;
+        let written = self
+            .services
+            .artifacts
+            .put(&key, body, &self.cancel)
+            .await
+            .map_err(|e| HandlerError::Retryable(format!("artifact {key}: {e}")))?;
+        let row = ArtifactRow {
+            job_id: self.job.id,
+            key: written.key,
+            size: written.size as i64,
+            sha256: written.sha256,
+            etag: written.etag,
+        };
+        self.add_artifact(row.clone());
+        Ok(row)
     }
 
     /// Notes an artifact this attempt wrote, to be recorded when the job completes.
@@ -187,6 +292,7 @@ pub fn registry_for(config: &crate::config::Config) -> Registry {
     let mut r = Registry::new();
     if config.diag_jobs {
         diag::register(&mut r);
+        diag_gates::register(&mut r);
     }
     r
 }

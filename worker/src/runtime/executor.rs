@@ -3,8 +3,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
 
 use super::completer::Finished;
 use super::outcome::Outcome;
@@ -24,8 +26,32 @@ pub(crate) fn spawn(shared: &Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphor
         },
     );
     let s = shared.clone();
+    let pickup = (job.attempted_at - job.run_at).max(time::Duration::ZERO);
+    shared
+        .metrics
+        .attempt_started(&job.queue, pickup.unsigned_abs());
     shared.executors.spawn(async move {
-        let outcome = run_attempt(&s, &job, cancel, &lost).await;
+        // One span per attempt; disabled (and free) when no exporter is configured.
+        let span = crate::telemetry::job_span(
+            job.id,
+            &job.kind,
+            &job.queue,
+            job.attempt,
+            job.traceparent.as_deref(),
+        );
+        let started = Instant::now();
+        let outcome = run_attempt(&s, &job, cancel, &lost)
+            .instrument(span.clone())
+            .await;
+        let label = outcome.as_ref().map_or("lost", Outcome::label);
+        let error = match &outcome {
+            Some(Outcome::Retry { error } | Outcome::Discard { error }) => Some(error.as_str()),
+            _ => None,
+        };
+        crate::telemetry::record_outcome(&span, label, error);
+        drop(span);
+        s.metrics
+            .attempt_finished(&job.kind, &job.queue, label, started.elapsed());
         match outcome {
             Some(outcome) => {
                 // The completer outlives every executor (see runtime::run), so this cannot fail
@@ -75,7 +101,12 @@ async fn run_attempt(
         cancel.clone(),
         shared.services.clone(),
     );
-    let mut task = tokio::spawn(handler.call(ctx.clone(), job.payload.clone()));
+    // The handler's own spans (HTTP, S3) nest under the attempt's span.
+    let mut task = tokio::spawn(
+        handler
+            .call(ctx.clone(), job.payload.clone())
+            .in_current_span(),
+    );
     let outcome = tokio::select! {
         joined = &mut task => match joined {
             Ok(result) => Outcome::from_result(result, ctx.take_artifacts()),

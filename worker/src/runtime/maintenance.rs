@@ -19,6 +19,12 @@ const BATCH: i64 = 1000;
 pub(crate) fn spawn_all(tracker: &TaskTracker, shared: Arc<Shared>, stop: CancellationToken) {
     tracker.spawn(drive(Rescuer(shared.clone()), stop.clone()));
     tracker.spawn(drive(Pruner(shared.clone()), stop.clone()));
+    if let Some(claims) = shared.services.license.clone() {
+        tracker.spawn(drive(
+            super::license_watch::LicenseWatch { claims },
+            stop.clone(),
+        ));
+    }
     tracker.spawn(drive(StaleWorkerSweep(shared), stop));
 }
 

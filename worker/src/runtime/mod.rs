@@ -9,6 +9,7 @@
 pub mod completer;
 pub mod executor;
 pub mod lease;
+pub mod license_watch;
 pub mod maintenance;
 pub mod outcome;
 pub mod periodic;
@@ -30,6 +31,7 @@ use crate::db::workers::WorkerRow;
 use crate::db::{self, DbPool};
 use crate::handlers::{Registry, Services};
 use crate::health::Health;
+use crate::metrics::Metrics;
 use outcome::RetryPolicy;
 
 /// Attempts in flight in this process, by job id. The lease keeper reads it; executors add;
@@ -63,6 +65,8 @@ pub struct Deps {
     pub registry: Registry,
     pub health: Arc<Health>,
     pub services: Arc<Services>,
+    /// Per-attempt metrics, also read by `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 /// State shared by the runtime's tasks.
@@ -76,6 +80,7 @@ pub(crate) struct Shared {
     pub inflight: Inflight,
     pub policy: RetryPolicy,
     pub stats: Arc<RuntimeStats>,
+    pub metrics: Arc<Metrics>,
     /// Parent of every attempt's token; cancelled in shutdown phase two.
     pub cancel_jobs: CancellationToken,
     pub executors: TaskTracker,
@@ -121,6 +126,7 @@ pub async fn run(
             max: config.retry_max,
         },
         stats: stats.clone(),
+        metrics: deps.metrics.clone(),
         cancel_jobs: cancel_jobs.clone(),
         executors: TaskTracker::new(),
         completions: tx,
@@ -136,6 +142,7 @@ pub async fn run(
             .collect(),
     );
     let listener_stats = Arc::new(ListenerStats::default());
+    deps.metrics.set_listener(listener_stats.clone());
     let pg_config = db::parse_url(config.database_url.expose())?;
     background.spawn(db::listener::run(
         pg_config,

@@ -1,0 +1,195 @@
+//! The local directory store, the embedded default when no bucket is configured. A key is a
+//! relative path under the root (keys are validated by `key_for`, so none climbs out).
+//!
+//! A write goes to a `.tmp-<uuid>` file in the final directory and is renamed over the final
+//! path only after every byte was written and synced, so a reader never sees a partial file
+//! under a key. A write that fails or is dropped mid-way removes its temp file.
+
+use std::path::{Path, PathBuf};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use super::{ArtifactError, Hasher, Written};
+
+/// Bytes read from the source per write call.
+const CHUNK: usize = 256 * 1024;
+
+/// Artifacts as files under one directory.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    /// `CODEWAZE_DATA_DIR/artifacts`; created on first write.
+    root: PathBuf,
+}
+
+/// Removes a temp file unless the write finished (then it was renamed away).
+struct TempFile {
+    path: PathBuf,
+    done: bool,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.done {
+            // Best effort: the file may not exist yet. A sync call is fine here, it is one
+            // unlink on a local disk.
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl LocalStore {
+    pub fn new(root: PathBuf) -> LocalStore {
+        LocalStore { root }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The file that holds `key`.
+    pub fn path_of(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    fn err(path: &Path) -> impl Fn(std::io::Error) -> ArtifactError + '_ {
+        move |error| ArtifactError::Local {
+            path: path.display().to_string(),
+            error,
+        }
+    }
+
+    pub async fn put<R>(
+        &self,
+        key: &str,
+        mut body: R,
+        cancel: &CancellationToken,
+    ) -> Result<Written, ArtifactError>
+    where
+        R: AsyncRead + Unpin + Send,
+    {
+        let path = self.path_of(key);
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(Self::err(&dir))?;
+        let mut temp = TempFile {
+            path: dir.join(format!(".tmp-{}", uuid::Uuid::new_v4())),
+            done: false,
+        };
+        let mut file = tokio::fs::File::create(&temp.path)
+            .await
+            .map_err(Self::err(&temp.path))?;
+        let mut hasher = Hasher::default();
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = tokio::select! {
+                r = body.read(&mut buf) => r.map_err(ArtifactError::Source)?,
+                _ = cancel.cancelled() => return Err(ArtifactError::Cancelled),
+            };
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            file.write_all(&buf[..n])
+                .await
+                .map_err(Self::err(&temp.path))?;
+        }
+        file.sync_all().await.map_err(Self::err(&temp.path))?;
+        drop(file);
+        tokio::fs::rename(&temp.path, &path)
+            .await
+            .map_err(Self::err(&path))?;
+        temp.done = true;
+        let (size, sha256) = hasher.finish();
+        Ok(Written {
+            key: key.to_string(),
+            size,
+            sha256,
+            etag: None,
+        })
+    }
+
+    pub async fn get_small(&self, key: &str) -> Result<Vec<u8>, ArtifactError> {
+        let path = self.path_of(key);
+        tokio::fs::read(&path).await.map_err(Self::err(&path))
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), ArtifactError> {
+        let path = self.path_of(key);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Self::err(&path)(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (LocalStore, PathBuf) {
+        let root = std::env::temp_dir().join(format!("lettuce-local-{}", uuid::Uuid::new_v4()));
+        (LocalStore::new(root.clone()), root)
+    }
+
+    #[tokio::test]
+    async fn round_trip_and_probe() {
+        let (s, root) = store();
+        let w = s
+            .put(
+                "jobs/1/attempt-1/a.txt",
+                &b"abc"[..],
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(w.size, 3);
+        assert_eq!(
+            w.sha256,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(s.get_small(&w.key).await.unwrap(), b"abc");
+        super::super::ArtifactStore::Local(s.clone())
+            .probe()
+            .await
+            .unwrap();
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    /// A source that fails after some bytes.
+    struct Failing(usize);
+    impl AsyncRead for Failing {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if self.0 == 0 {
+                return std::task::Poll::Ready(Err(std::io::Error::other("source broke")));
+            }
+            let n = self.0.min(buf.remaining());
+            buf.put_slice(&vec![7u8; n]);
+            self.0 -= n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_leaves_no_file_and_no_temp() {
+        let (s, root) = store();
+        let err = s
+            .put(
+                "jobs/2/attempt-1/x",
+                Failing(1000),
+                &CancellationToken::new(),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ArtifactError::Source(_)), "{err}");
+        let dir = root.join("jobs/2/attempt-1");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+}

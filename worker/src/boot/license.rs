@@ -1,0 +1,277 @@
+//! Gate 2: the signed license (SPEC §4.2). Owns reading the Ed25519 public key, the boot
+//! decision and the last-good cache file; the token rules themselves live in [`token`], a pure
+//! function of `(token, public key, now)` that the fuzz target compiles on its own.
+//!
+//! The cache (`{claims, verified_at, token_sha256}`) only *informs* — the API's status page,
+//! `worker license inspect`, the clock high-water mark. No decision here ever reads claims from
+//! it: every boot verifies the token again. It never holds the token, only its SHA-256.
+//!
+//! What this module must not do: print (only `cli/` prints), log the token or any part of it, or
+//! fail boot for a problem that only affects the cache.
+
+mod token;
+
+use std::fs;
+use std::io::{self, Write as _};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::pkcs8::{DecodePrivateKey as _, DecodePublicKey as _, EncodePublicKey as _};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::config::Config;
+
+pub use token::{
+    Claims, LEEWAY_SECS, LicenseError, MAX_TIMESTAMP, MAX_TOKEN_LEN, days_left, format_unix, sign,
+    sign_raw, verify,
+};
+
+/// Fewer whole days left than this is a WARN at boot.
+pub const EXPIRY_WARN_DAYS: i64 = 14;
+
+/// A clock this far behind the cache's `verified_at` high-water mark is a WARN: someone may have
+/// turned the clock back to stretch a license, or NTP is broken. One hour leaves room for
+/// replicas that share a cache volume and disagree by a few minutes.
+pub const CLOCK_BEHIND_WARN_SECS: i64 = 3600;
+
+/// The largest public-key file we read; a PEM public key is about 113 bytes.
+const MAX_KEY_FILE_LEN: u64 = 64 * 1024;
+
+/// A license that passed the gate.
+#[derive(Debug, Clone)]
+pub struct License {
+    pub claims: Claims,
+    /// Whole days until `exp` at boot.
+    pub days_left: i64,
+    /// Conditions an operator should see (near expiry, clock behind, cache unwritable). `gate`
+    /// logs each as a WARN; `check-config` reports them.
+    pub warnings: Vec<String>,
+}
+
+/// The cache file's content. `verified_at` is also the clock high-water mark: it never moves
+/// backwards, so a clock turned back stays visible on every later boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheFile {
+    pub claims: Claims,
+    #[serde(with = "time::serde::rfc3339")]
+    pub verified_at: OffsetDateTime,
+    /// Lower-case hex SHA-256 of the token, so the API can tell which token was verified.
+    pub token_sha256: String,
+}
+
+/// Reads the Ed25519 public key from `source`: inline PEM text (starting with `-----BEGIN`,
+/// literal `\n` sequences accepted) or a path to a PEM file. The key must be SPKI
+/// (`BEGIN PUBLIC KEY`) and not of small order. Errors name the source, never the key text.
+pub fn load_public_key(source: &str) -> Result<VerifyingKey, LicenseError> {
+    let trimmed = source.trim();
+    if trimmed.is_empty() {
+        return Err(LicenseError::PublicKeyError(
+            "LETTUCE_LICENSE_PUBLIC_KEY is empty; set it to the path of public.pem or its PEM text"
+                .into(),
+        ));
+    }
+    let (pem, origin) = if trimmed.starts_with("-----BEGIN") {
+        (
+            trimmed.replace("\\n", "\n"),
+            "the inline PEM in LETTUCE_LICENSE_PUBLIC_KEY".to_string(),
+        )
+    } else {
+        let origin = format!("public key file {trimmed}");
+        (read_key_file(Path::new(trimmed), &origin)?, origin)
+    };
+    parse_public_key_pem(&pem)
+        .map_err(|why| LicenseError::PublicKeyError(format!("{origin}: {why}")))
+}
+
+fn read_key_file(path: &Path, origin: &str) -> Result<String, LicenseError> {
+    let fail = |why: String| LicenseError::PublicKeyError(format!("{origin}: {why}"));
+    let meta = fs::metadata(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+    if !meta.is_file() {
+        return Err(fail("is not a regular file".into()));
+    }
+    if meta.len() > MAX_KEY_FILE_LEN {
+        return Err(fail(format!(
+            "is {} bytes, too large for a PEM public key",
+            meta.len()
+        )));
+    }
+    let bytes = fs::read(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+    String::from_utf8(bytes).map_err(|_| fail("is not PEM text".into()))
+}
+
+fn parse_public_key_pem(pem: &str) -> Result<VerifyingKey, String> {
+    if pem.contains("PRIVATE KEY-----") {
+        return Err("holds a private key; the worker needs the public key (public.pem)".into());
+    }
+    let key = VerifyingKey::from_public_key_pem(pem).map_err(|e| {
+        format!("not an Ed25519 public key in SPKI PEM (-----BEGIN PUBLIC KEY-----): {e}")
+    })?;
+    if key.is_weak() {
+        return Err("is a weak (small-order) Ed25519 key".into());
+    }
+    Ok(key)
+}
+
+/// The public key as SPKI PEM (`public.pem`).
+pub fn public_key_pem(key: &VerifyingKey) -> String {
+    key.to_public_key_pem(Default::default())
+        .expect("an Ed25519 key always encodes as SPKI")
+}
+
+/// A fresh signing key from the operating system's random source.
+pub fn generate_signing_key() -> SigningKey {
+    use rand::TryRngCore as _;
+    let mut seed = [0u8; 32];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut seed)
+        .expect("the operating system's random source works");
+    SigningKey::from_bytes(&seed)
+}
+
+/// Reads a PKCS#8 PEM private key (`private.pem` from `worker license keygen`).
+pub fn load_signing_key(path: &Path) -> Result<SigningKey, String> {
+    let pem = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    SigningKey::from_pkcs8_pem(&pem)
+        .map_err(|e| format!("{}: not an Ed25519 PKCS#8 private key: {e}", path.display()))
+}
+
+/// Lower-case hex SHA-256 of the token.
+pub fn token_sha256(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Writes the cache file atomically (a temporary file in the same directory, fsync, rename),
+/// mode 0600. The token itself is never written, only its SHA-256.
+pub fn write_cache(
+    path: &Path,
+    claims: &Claims,
+    token: &str,
+    now: OffsetDateTime,
+) -> io::Result<()> {
+    let content = CacheFile {
+        claims: claims.clone(),
+        verified_at: now,
+        token_sha256: token_sha256(token),
+    };
+    let json = serde_json::to_vec_pretty(&content).map_err(io::Error::other)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&dir)?;
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "cache path has no file name")
+    })?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}-{:08x}",
+        name.to_string_lossy(),
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let written = (|| {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        // The umask can only clear bits, but say exactly what we mean.
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        file.write_all(&json)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Reads the cache file, if there is a readable one. Used only for the clock high-water mark
+/// and for display; never for a decision about the license.
+pub fn read_cache(path: &Path) -> Option<CacheFile> {
+    let bytes = fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The gate without logging: verifies the configured license at `now`, updates the cache and
+/// collects warnings. `None` when the worker is not self-hosted.
+pub fn evaluate(config: &Config, now: OffsetDateTime) -> Result<Option<License>, LicenseError> {
+    if !config.self_hosted {
+        return Ok(None);
+    }
+    let token = match &config.license_key {
+        Some(t) if !t.expose().trim().is_empty() => t.expose().trim(),
+        _ => return Err(LicenseError::Missing),
+    };
+    let key = load_public_key(&config.license_public_key)?;
+    let claims = verify(token, &key, now)?;
+    let days_left = days_left(&claims, now);
+    let mut warnings = Vec::new();
+    if days_left < EXPIRY_WARN_DAYS {
+        warnings.push(format!(
+            "the license expires on {} ({days_left} days left); ask Lettuce sales for a renewal",
+            format_unix(claims.exp)
+        ));
+    }
+    let mut high_water = now;
+    if let Some(previous) = read_cache(&config.license_cache_path) {
+        let behind = (previous.verified_at - now).whole_seconds();
+        if behind > CLOCK_BEHIND_WARN_SECS {
+            warnings.push(format!(
+                "the system clock ({}) is {} behind the last license verification ({}) recorded in {}; check NTP",
+                now.format(&Rfc3339).unwrap_or_default(),
+                human_duration(behind),
+                previous.verified_at.format(&Rfc3339).unwrap_or_default(),
+                config.license_cache_path.display()
+            ));
+        }
+        high_water = high_water.max(previous.verified_at);
+    }
+    if let Err(e) = write_cache(&config.license_cache_path, &claims, token, high_water) {
+        warnings.push(format!(
+            "cannot write the license cache {} (LETTUCE_LICENSE_CACHE_PATH): {e}; the license is valid and the worker continues",
+            config.license_cache_path.display()
+        ));
+    }
+    Ok(Some(License {
+        claims,
+        days_left,
+        warnings,
+    }))
+}
+
+/// Gate 2 for `worker run`: [`evaluate`], then each warning logged as a WARN and the license
+/// (never the token) at INFO.
+pub fn gate(config: &Config, now: OffsetDateTime) -> Result<Option<License>, LicenseError> {
+    let license = evaluate(config, now)?;
+    if let Some(l) = &license {
+        tracing::info!(
+            license.sub = %l.claims.sub,
+            license.jti = %l.claims.jti,
+            license.exp = %format_unix(l.claims.exp),
+            license.days_left = l.days_left,
+            "license verified"
+        );
+        for w in &l.warnings {
+            tracing::warn!("{w}");
+        }
+    }
+    Ok(license)
+}
+
+fn human_duration(secs: i64) -> String {
+    if secs >= 86_400 {
+        format!("{} days", secs / 86_400)
+    } else if secs >= 3600 {
+        format!("{} hours", secs / 3600)
+    } else {
+        format!("{secs} seconds")
+    }
+}
+
+#[cfg(test)]
+mod tests;

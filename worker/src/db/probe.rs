@@ -1,0 +1,44 @@
+//! Read-only facts about the server for `worker check-config`: version and whether this role
+//! may create what the schema needs. Nothing here changes the database.
+
+use super::{DbError, DbPool};
+
+/// What `check-config` needs to know about the server and the connected role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerFacts {
+    /// `server_version_num`, e.g. 150004.
+    pub version_num: i32,
+    /// `server_version`, e.g. `15.4 (Debian 15.4-1)`.
+    pub version: String,
+    pub user: String,
+    pub database: String,
+    /// True when the schema `lettuce` exists already.
+    pub schema_exists: bool,
+    /// CREATE on schema `lettuce` when it exists, else CREATE on the database (to create it).
+    pub can_create: bool,
+}
+
+pub async fn server_facts(pool: &DbPool) -> Result<ServerFacts, DbError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version_num')::int,
+                    current_setting('server_version'),
+                    current_user::text,
+                    current_database()::text,
+                    to_regnamespace('lettuce') IS NOT NULL,
+                    CASE WHEN to_regnamespace('lettuce') IS NOT NULL
+                         THEN has_schema_privilege('lettuce', 'CREATE')
+                         ELSE has_database_privilege(current_database(), 'CREATE') END",
+            &[],
+        )
+        .await?;
+    Ok(ServerFacts {
+        version_num: row.get(0),
+        version: row.get(1),
+        user: row.get(2),
+        database: row.get(3),
+        schema_exists: row.get(4),
+        can_create: row.get(5),
+    })
+}

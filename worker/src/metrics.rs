@@ -1,0 +1,257 @@
+//! Prometheus metrics, served as OpenMetrics text on `/metrics`.
+//!
+//! The executor records what it sees per attempt (finished jobs, attempt duration, pickup
+//! latency, in-flight); queue depth is a query run at scrape time (bounded by a statement
+//! timeout, only non-final states, so a large history never makes a scrape slow); LISTEN
+//! reconnects are read from the listener's own counter at scrape time.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `lettuce_jobs_finished_total` | counter | `kind`, `outcome` (`completed`, `error`, `discarded`, `snoozed`, `cancelled`, `handed_back`, `lost`) |
+//! | `lettuce_job_attempt_duration_seconds` | histogram | `kind` |
+//! | `lettuce_job_pickup_latency_seconds` | histogram | `queue` (from `run_at` to the claim's `attempted_at`) |
+//! | `lettuce_jobs_in_flight` | gauge | `queue` |
+//! | `lettuce_queue_depth` | gauge | `queue`, `state` (`available`, `scheduled`, `running`, `retryable`) |
+//! | `lettuce_listen_reconnects_total` | counter | — |
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::db::DbPool;
+use crate::db::listener::ListenerStats;
+
+/// The content type of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindOutcome {
+    kind: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabel {
+    queue: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueState {
+    queue: String,
+    state: String,
+}
+
+/// Histogram buckets from `start` seconds, doubling `n` times.
+#[derive(Clone, Debug)]
+struct Buckets {
+    start: f64,
+    n: u16,
+}
+
+impl MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(exponential_buckets(self.start, 2.0, self.n))
+    }
+}
+
+/// Every metric of this process. One per process, shared by the runtime and the HTTP server.
+pub struct Metrics {
+    registry: Registry,
+    finished: Family<KindOutcome, Counter>,
+    attempt_duration: Family<KindLabel, Histogram, Buckets>,
+    pickup_latency: Family<QueueLabel, Histogram, Buckets>,
+    in_flight: Family<QueueLabel, Gauge>,
+    queue_depth: Family<QueueState, Gauge>,
+    listen_reconnects: Counter,
+    /// The pool the depth query uses; set once the schema is applied.
+    pool: Mutex<Option<DbPool>>,
+    /// The listener's counters; set when the runtime starts it.
+    listener: Mutex<Option<Arc<ListenerStats>>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let finished = Family::<KindOutcome, Counter>::default();
+        // 1 ms .. ~9 h: covers no-op jobs and long indexing runs alike.
+        let attempt_duration = Family::new_with_constructor(Buckets {
+            start: 0.001,
+            n: 25,
+        });
+        // 1 ms .. ~2.3 h.
+        let pickup_latency = Family::new_with_constructor(Buckets {
+            start: 0.001,
+            n: 24,
+        });
+        let in_flight = Family::<QueueLabel, Gauge>::default();
+        let queue_depth = Family::<QueueState, Gauge>::default();
+        let listen_reconnects = Counter::default();
+        registry.register(
+            "lettuce_jobs_finished",
+            "Attempts finished, by job kind and outcome",
+            finished.clone(),
+        );
+        registry.register(
+            "lettuce_job_attempt_duration_seconds",
+            "Wall-clock time of one attempt, from start to outcome",
+            attempt_duration.clone(),
+        );
+        registry.register(
+            "lettuce_job_pickup_latency_seconds",
+            "Time from a job's run_at to the start of its attempt",
+            pickup_latency.clone(),
+        );
+        registry.register(
+            "lettuce_jobs_in_flight",
+            "Attempts running in this process",
+            in_flight.clone(),
+        );
+        registry.register(
+            "lettuce_queue_depth",
+            "Jobs in non-final states, by queue and state (whole database, read at scrape)",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "lettuce_listen_reconnects",
+            "Times the LISTEN connection was re-established after a drop",
+            listen_reconnects.clone(),
+        );
+        Metrics {
+            registry,
+            finished,
+            attempt_duration,
+            pickup_latency,
+            in_flight,
+            queue_depth,
+            listen_reconnects,
+            pool: Mutex::new(None),
+            listener: Mutex::new(None),
+        }
+    }
+}
+
+impl Metrics {
+    /// The pool the scrape-time depth query uses.
+    pub fn set_pool(&self, pool: DbPool) {
+        *self.pool.lock().expect("metrics lock") = Some(pool);
+    }
+
+    /// The listener whose reconnects are reported.
+    pub fn set_listener(&self, stats: Arc<ListenerStats>) {
+        *self.listener.lock().expect("metrics lock") = Some(stats);
+    }
+
+    /// An attempt started: `pickup` is the time from `run_at` to the claim.
+    pub fn attempt_started(&self, queue: &str, pickup: Duration) {
+        let q = QueueLabel {
+            queue: queue.to_string(),
+        };
+        self.pickup_latency
+            .get_or_create(&q)
+            .observe(pickup.as_secs_f64());
+        self.in_flight.get_or_create(&q).inc();
+    }
+
+    /// An attempt ended with `outcome` after `took`.
+    pub fn attempt_finished(&self, kind: &str, queue: &str, outcome: &str, took: Duration) {
+        self.in_flight
+            .get_or_create(&QueueLabel {
+                queue: queue.to_string(),
+            })
+            .dec();
+        self.finished
+            .get_or_create(&KindOutcome {
+                kind: kind.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        self.attempt_duration
+            .get_or_create(&KindLabel {
+                kind: kind.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Refreshes the scrape-time values and renders every metric as OpenMetrics text.
+    pub async fn render(&self) -> String {
+        self.refresh_depth().await;
+        let listener = self.listener.lock().expect("metrics lock").clone();
+        if let Some(stats) = listener {
+            // The first connect is not a reconnect.
+            let total = stats
+                .connects
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .saturating_sub(1);
+            let seen = self.listen_reconnects.get();
+            if total > seen {
+                self.listen_reconnects.inc_by(total - seen);
+            }
+        }
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("encode metrics");
+        out
+    }
+
+    async fn refresh_depth(&self) {
+        let pool = self.pool.lock().expect("metrics lock").clone();
+        let Some(pool) = pool else { return };
+        match crate::db::jobs::queue_depth(&pool).await {
+            Ok(rows) => {
+                // Drop series for queue/state pairs that emptied since the last scrape.
+                self.queue_depth.clear();
+                for (queue, state, n) in rows {
+                    self.queue_depth
+                        .get_or_create(&QueueState { queue, state })
+                        .set(n);
+                }
+            }
+            Err(e) => {
+                // Stale numbers would mislead: report none until the query works again.
+                self.queue_depth.clear();
+                tracing::warn!(error = %e, "queue depth query failed during a scrape");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn renders_every_family_with_labels() {
+        let m = Metrics::default();
+        m.attempt_started("default", Duration::from_millis(30));
+        m.attempt_finished(
+            "diag.noop",
+            "default",
+            "completed",
+            Duration::from_millis(2),
+        );
+        m.attempt_started("default", Duration::from_millis(10));
+        let text = m.render().await;
+        assert!(
+            text.contains(
+                "lettuce_jobs_finished_total{kind=\"diag.noop\",outcome=\"completed\"} 1"
+            )
+        );
+        assert!(text.contains("lettuce_jobs_in_flight{queue=\"default\"} 1"));
+        assert!(text.contains("lettuce_job_pickup_latency_seconds_count{queue=\"default\"} 2"));
+        assert!(text.contains("lettuce_job_attempt_duration_seconds_count{kind=\"diag.noop\"} 1"));
+        assert!(text.contains("# TYPE lettuce_listen_reconnects counter"));
+        assert!(text.trim_end().ends_with("# EOF"));
+    }
+}
