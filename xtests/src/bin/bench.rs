@@ -960,16 +960,23 @@ impl Bench {
             .await?
             .get(0);
         let producer = db.client().await;
-        // 100 ticks a second; a late tick is made up (Burst) so the offered total holds.
-        let per_tick = (rate / 100).max(1) as i64;
+        // Every 10 ms, one statement with whatever is due by the clock: when a statement is slow
+        // (a loaded machine) the next one carries more, so the offered rate holds.
         let mut tick = tokio::time::interval(Duration::from_millis(10));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let start = Instant::now();
         let mut offered = 0i64;
-        while start.elapsed() < Duration::from_secs(secs) {
+        loop {
             tick.tick().await;
-            enqueue_rust(&producer, per_tick, per_tick).await?;
-            offered += per_tick;
+            let elapsed = start.elapsed();
+            if elapsed >= Duration::from_secs(secs) {
+                break;
+            }
+            let due = (rate as f64 * elapsed.as_secs_f64()) as i64 - offered;
+            if due > 0 {
+                enqueue_rust(&producer, due, due).await?;
+                offered += due;
+            }
         }
         let window = start.elapsed().as_secs_f64();
         let completed_in_window: i64 = c
@@ -1183,17 +1190,46 @@ impl Bench {
             .unwrap_or_default();
         let date = time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)?;
-        let mut out = format!(
-            "Run `scripts/bench {}` on {date}: {} cores ({cpu}), {:.1} GiB memory, PostgreSQL {version} \
-             (default settings, shared with other work), release build.\n",
+        let provenance = format!(
+            "_Measured by `scripts/bench {}` on {date}: {} cores ({cpu}), {:.1} GiB memory, \
+             PostgreSQL {version} (default settings, shared with other work), release build._\n",
             self.opts.args,
             std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(0),
             mem_kib as f64 / 1048576.0,
         );
+        // Keep the sections of earlier runs that this run did not measure, in their order, so a
+        // partial run updates only its own sections (each says how and when it was measured).
+        let old = self
+            .opts
+            .write
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|s| {
+                let b = s.find(BEGIN)? + BEGIN.len();
+                let e = s.find(END)?;
+                (e > b).then(|| s[b..e].to_string())
+            })
+            .unwrap_or_default();
+        let mut sections: Vec<(String, String)> = old
+            .split("\n### ")
+            .skip(1)
+            .filter_map(|chunk| {
+                let (title, body) = chunk.split_once('\n')?;
+                Some((title.trim().to_string(), body.trim().to_string()))
+            })
+            .collect();
         for (title, body) in &report.sections {
-            write!(out, "\n### {title}\n\n{body}")?;
+            let fresh = format!("{}\n\n{provenance}", body.trim());
+            match sections.iter_mut().find(|(t, _)| t == title) {
+                Some(slot) => slot.1 = fresh,
+                None => sections.push((title.clone(), fresh)),
+            }
+        }
+        let mut out = String::new();
+        for (title, body) in &sections {
+            write!(out, "\n### {title}\n\n{body}\n")?;
         }
         Ok(out)
     }
