@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 use time::OffsetDateTime;
 use tokio_postgres::GenericClient;
+use tokio_postgres::types::Type;
 use tracing::Instrument;
 
 use super::{DbError, DbPool};
@@ -315,6 +316,12 @@ pub struct ArtifactRow {
     pub etag: Option<String>,
 }
 
+/// Sent as an unnamed statement (`query_typed`: one round trip, planned with the batch's actual
+/// arrays), never as a cached prepared statement. A cached statement switches to a generic plan
+/// after five runs, and the generic plan trusts the statistics of `jobs_lease_idx`, which in a
+/// queue table are always stale ("about one running row"): it then drives the join from every
+/// running row and rescans the unnest for each, O(running × batch) — 1.25 s instead of 31 ms for
+/// a batch of 1,000 (see BENCHMARKS.md, "Profile"). The custom plan hashes one side instead.
 const COMPLETE_SQL: &str = "
 UPDATE lettuce.jobs j
    SET state = u.state,
@@ -370,20 +377,26 @@ async fn complete_batch_sql(
     wake.sort_unstable();
     wake.dedup();
     let needs_tx = !artifacts.is_empty() || !wake.is_empty();
-    let stmt = client.prepare_cached(COMPLETE_SQL).await?;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
-        &ids, &attempts, &states, &delays, &errors, &restores, &worker_id,
+    let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 7] = [
+        (&ids, Type::INT8_ARRAY),
+        (&attempts, Type::INT4_ARRAY),
+        (&states, Type::TEXT_ARRAY),
+        (&delays, Type::FLOAT8_ARRAY),
+        (&errors, Type::TEXT_ARRAY),
+        (&restores, Type::BOOL_ARRAY),
+        (&worker_id, Type::TEXT),
     ];
     if !needs_tx {
-        let rows = client.query(&stmt, &params).await?;
+        let rows = client.query_typed(COMPLETE_SQL, &params).await?;
         return Ok(rows.iter().map(|r| r.get(0)).collect());
     }
     let tx = client.transaction().await?;
-    let rows = tx.query(&stmt, &params).await?;
+    let rows = tx.query_typed(COMPLETE_SQL, &params).await?;
     let accepted: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    let accepted_set: std::collections::HashSet<i64> = accepted.iter().copied().collect();
     let kept: Vec<&ArtifactRow> = artifacts
         .iter()
-        .filter(|a| accepted.contains(&a.job_id))
+        .filter(|a| accepted_set.contains(&a.job_id))
         .collect();
     if !kept.is_empty() {
         let job_ids: Vec<i64> = kept.iter().map(|a| a.job_id).collect();
@@ -443,19 +456,20 @@ async fn heartbeat_sql(
     let ids: Vec<i64> = held.iter().map(|h| h.0).collect();
     let attempts: Vec<i32> = held.iter().map(|h| h.1).collect();
     let lease_ms = lease.as_millis() as f64;
-    let stmt = client.prepare_cached(HEARTBEAT_SQL).await?;
+    // Unnamed statement for the same reason as COMPLETE_SQL: the join over the running set must
+    // be planned with the actual array, not a generic plan built on stale statistics.
     let rows = client
-        .query(
-            &stmt,
+        .query_typed(
+            HEARTBEAT_SQL,
             &[
-                &ids,
-                &attempts,
-                &lease_ms,
-                &worker.id,
-                &worker.hostname,
-                &worker.pid,
-                &worker.version,
-                &worker.queues,
+                (&ids, Type::INT8_ARRAY),
+                (&attempts, Type::INT4_ARRAY),
+                (&lease_ms, Type::FLOAT8),
+                (&worker.id, Type::TEXT),
+                (&worker.hostname, Type::TEXT),
+                (&worker.pid, Type::INT4),
+                (&worker.version, Type::TEXT),
+                (&worker.queues, Type::TEXT_ARRAY),
             ],
         )
         .await?;

@@ -75,7 +75,8 @@ async fn write(shared: &Shared, batch: &mut Vec<Finished>) {
         )
         .await
         {
-            Ok(ids) => break ids,
+            // A set: a batch holds up to MAX_BATCH ids and each is looked up once.
+            Ok(ids) => break ids.into_iter().collect::<std::collections::HashSet<i64>>(),
             Err(e) => {
                 tracing::warn!(error = %e, batch = completions.len(), "writing outcomes failed; retrying");
                 tokio::time::sleep(delay).await;
