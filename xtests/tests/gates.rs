@@ -923,18 +923,7 @@ async fn check_config_warns_when_receiver_or_otlp_are_unreachable() {
     assert!(message.contains("unreachable"));
     assert_eq!(level_of(&report, "otlp").0, "warn");
     // A listening receiver is ok.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf).await;
-            let _ = s
-                .write_all(b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                .await;
-        }
-    });
+    let port = answering_receiver().await;
     env.insert(
         "LETTUCE_TELEMETRY_URL".into(),
         format!("http://127.0.0.1:{port}/v1/heartbeat"),
@@ -957,18 +946,7 @@ async fn check_config_shows_the_age_of_the_last_heartbeat_receipt() {
     env.insert("DATABASE_URL".into(), db.url.clone());
     let (code, _, err) = run_worker(&["schema", "apply"], &env);
     assert_eq!(code, 0, "{err}");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf).await;
-            let _ = s
-                .write_all(b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                .await;
-        }
-    });
+    let port = answering_receiver().await;
     env.insert(
         "LETTUCE_TELEMETRY_URL".into(),
         format!("http://127.0.0.1:{port}/v1/heartbeat"),
@@ -1006,4 +984,22 @@ async fn check_config_shows_the_age_of_the_last_heartbeat_receipt() {
     let (level, message) = level_of(&report_for(env.clone()).await, "telemetry.receiver");
     assert_eq!(level, "warn", "{message}");
     assert!(message.contains("last receipt 8 d ago"), "{message}");
+}
+
+/// A loopback HTTP server that answers every request with 405 (reachable, but not a receiver
+/// that takes GETs); returns its port.
+async fn answering_receiver() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .await;
+        }
+    });
+    port
 }
