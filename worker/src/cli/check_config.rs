@@ -562,23 +562,7 @@ async fn database_checks(config: &Config, offline: bool) -> Vec<Check> {
             return v;
         }
     };
-    v.push(if facts.version_num >= 150_000 {
-        check(
-            "db.version",
-            Level::Ok,
-            format!("PostgreSQL {}", facts.version),
-        )
-    } else {
-        hinted(
-            "db.version",
-            Level::Fail,
-            format!(
-                "PostgreSQL {} is too old; 15 or newer is required",
-                facts.version
-            ),
-            "upgrade the server to PostgreSQL 15+",
-        )
-    });
+    v.push(version_check(facts.version_num, &facts.version));
     let privilege_target = if facts.schema_exists {
         "schema `lettuce`".to_string()
     } else {
@@ -703,6 +687,20 @@ async fn artifact_check(config: &Config, offline: bool) -> Check {
 
 /// The last heartbeat receipt as the database records it (`None` when it cannot be read, e.g.
 /// before the schema exists).
+/// `db.version`: PostgreSQL 15 or newer (`server_version_num` ≥ 150000).
+fn version_check(version_num: i32, version: &str) -> Check {
+    if version_num >= 150_000 {
+        check("db.version", Level::Ok, format!("PostgreSQL {version}"))
+    } else {
+        hinted(
+            "db.version",
+            Level::Fail,
+            format!("PostgreSQL {version} is too old; 15 or newer is required"),
+            "upgrade the server to PostgreSQL 15+",
+        )
+    }
+}
+
 async fn receipt_status(config: &Config) -> Option<crate::telemetry::heartbeat::HeartbeatStatus> {
     let pg = db::parse_url(config.database_url.expose()).ok()?;
     let pool = db::build_pool(pg, 1);
@@ -832,4 +830,18 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_older_than_15_fail_the_version_check() {
+        let old = version_check(140_010, "14.10");
+        assert_eq!(old.level, Level::Fail);
+        assert!(old.message.contains("too old"), "{}", old.message);
+        assert_eq!(version_check(150_004, "15.4").level, Level::Ok);
+        assert_eq!(version_check(170_000, "17.0").level, Level::Ok);
+    }
 }
