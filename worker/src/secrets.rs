@@ -283,7 +283,7 @@ impl AwsSource {
 }
 
 /// The full cause chain of an error in one line (reqwest hides the useful part in sources).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

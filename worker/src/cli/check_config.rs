@@ -32,6 +32,7 @@ use crate::artifacts::ArtifactStore;
 use crate::boot::{github, license, telemetry};
 use crate::config::{Config, Env, RawConfig};
 use crate::db;
+use crate::secrets::error_chain;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -819,17 +820,6 @@ async fn otlp_check(env: &Env, offline: bool) -> Check {
             "start the collector or fix OTEL_EXPORTER_OTLP_ENDPOINT; traces are dropped meanwhile",
         ),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]
