@@ -20,6 +20,7 @@ use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData
 use prost::Message;
 use serde_json::json;
 use tracing_subscriber::prelude::*;
+use xtests::s3::MotoServer;
 use xtests::{TestDb, WorkerProcess, eventually, run_worker, wait_final};
 
 fn attr(span: &SpanData, key: &str) -> Option<String> {
@@ -178,6 +179,103 @@ async fn in_memory_spans_for_completed_failed_and_panicked_attempts() {
             .unwrap()
             .contains("FOR UPDATE SKIP LOCKED")
     );
+}
+
+// Same single-thread set-up as above, so the part uploads on their own tasks are seen too.
+#[tokio::test(flavor = "current_thread")]
+async fn s3_requests_are_client_spans_under_the_job_span() {
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let _sub = tracing::subscriber::set_default(
+        tracing_subscriber::registry().with(otel_layer(&provider)),
+    );
+    let moto = MotoServer::start("lettuce").await;
+    let db = TestDb::new().await;
+    let mut env = db.env();
+    env.extend(moto.env());
+    let worker = xtests::InProcessWorker::start(&env).await;
+    let client = db.client().await;
+    // One small object (PutObject) and one of two parts (multipart).
+    let small = xtests::enqueue_sql(&client, "diag.artifact", json!({"bytes": 1000})).await;
+    let big = xtests::enqueue_sql(
+        &client,
+        "diag.artifact",
+        json!({"bytes": 8 * 1024 * 1024 + 1}),
+    )
+    .await;
+    for id in [small, big] {
+        let (state, _, errors) = wait_final(&client, id, Duration::from_secs(60)).await;
+        assert_eq!(state, "completed", "job {id}: {errors}");
+    }
+    worker.stop().await.unwrap();
+    provider.force_flush().unwrap();
+    let spans = exporter.get_finished_spans().unwrap();
+
+    let job_span = |id: i64| -> &SpanData {
+        spans
+            .iter()
+            .find(|s| s.name == "job.diag.artifact" && attr(s, "job.id") == Some(id.to_string()))
+            .unwrap_or_else(|| panic!("no job span for {id} among {:?}", names(&spans)))
+    };
+    let children = |parent: &SpanData, name: &str| -> Vec<&SpanData> {
+        spans
+            .iter()
+            .filter(|s| s.name == name && s.parent_span_id == parent.span_context.span_id())
+            .collect()
+    };
+    let endpoint = moto.endpoint();
+    let host = endpoint.trim_start_matches("http://");
+    let small_job = job_span(small);
+    let put = children(small_job, "S3.PutObject");
+    assert_eq!(
+        put.len(),
+        1,
+        "one PutObject under job {small}: {:?}",
+        names(&spans)
+    );
+    let put = put[0];
+    assert_eq!(put.span_kind, SpanKind::Client);
+    assert_eq!(
+        put.span_context.trace_id(),
+        small_job.span_context.trace_id()
+    );
+    assert_eq!(attr(put, "http.request.method").as_deref(), Some("PUT"));
+    assert_eq!(
+        attr(put, "http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert_eq!(attr(put, "server.address").as_deref(), Some(host));
+    assert_eq!(attr(put, "rpc.system").as_deref(), Some("aws-api"));
+    assert_eq!(attr(put, "rpc.method").as_deref(), Some("PutObject"));
+    assert_eq!(attr(put, "aws.s3.bucket").as_deref(), Some("lettuce"));
+    let key = attr(put, "aws.s3.key").unwrap();
+    assert!(key.starts_with(&format!("jobs/{small}/")), "{key}");
+    assert_eq!(
+        attr(put, "url.full"),
+        Some(format!("{endpoint}/lettuce/{key}"))
+    );
+    assert_eq!(put.status, Status::Unset);
+
+    let big_job = job_span(big);
+    assert_eq!(children(big_job, "S3.CreateMultipartUpload").len(), 1);
+    let parts = children(big_job, "S3.UploadPart");
+    assert_eq!(parts.len(), 2, "two parts: {:?}", names(&spans));
+    for part in parts {
+        assert_eq!(
+            attr(part, "http.response.status_code").as_deref(),
+            Some("200")
+        );
+    }
+    assert_eq!(children(big_job, "S3.CompleteMultipartUpload").len(), 1);
+    // No credential anywhere in what was exported.
+    let dump = format!("{spans:?}");
+    for (k, v) in moto.env() {
+        if k.contains("SECRET") {
+            assert!(!dump.contains(&v), "{k} leaked into a span");
+        }
+    }
 }
 
 fn names(spans: &[SpanData]) -> Vec<String> {

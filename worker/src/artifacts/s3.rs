@@ -26,6 +26,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{ArtifactError, Hasher, Written};
 use crate::config::S3Config;
@@ -42,6 +43,8 @@ pub struct S3Store {
     bucket: String,
     /// The endpoint as configured (or "AWS S3"), for error text; carries no credentials.
     endpoint: String,
+    /// Where the bucket's objects live (`<base>/<key>`), for the `url.full` of request spans.
+    url_base: String,
 }
 
 impl S3Store {
@@ -84,7 +87,14 @@ impl S3Store {
             client: Client::from_conf(b.build()),
             bucket: cfg.bucket.clone(),
             endpoint: cfg.endpoint.clone().unwrap_or_else(|| "AWS S3".into()),
+            url_base: url_base(cfg),
         })
+    }
+
+    /// The client span of one request on `key`.
+    fn span(&self, operation: &'static str, method: &'static str, key: &str) -> tracing::Span {
+        let url = format!("{}/{key}", self.url_base);
+        crate::telemetry::s3_client_span(operation, method, &url, &self.bucket, key)
     }
 
     pub fn describe(&self) -> String {
@@ -162,16 +172,20 @@ impl S3Store {
         let first = cancellable(cancel, read_part(&mut body, &mut hasher)).await?;
         if first.len() < PART_SIZE {
             let len = first.len() as i64;
+            let span = self.span("PutObject", "PUT", key);
             let out = cancellable(cancel, async {
-                self.client
+                let result = self
+                    .client
                     .put_object()
                     .bucket(&self.bucket)
                     .key(key)
                     .content_length(len)
                     .body(ByteStream::from(first))
                     .send()
-                    .await
-                    .map_err(|e| self.classify("PutObject", e))
+                    .instrument(span.clone())
+                    .await;
+                record_outcome(&span, &result);
+                result.map_err(|e| self.classify("PutObject", e))
             })
             .await?;
             let (size, sha256) = hasher.finish();
@@ -183,14 +197,18 @@ impl S3Store {
             });
         }
 
+        let span = self.span("CreateMultipartUpload", "POST", key);
         let created = cancellable(cancel, async {
-            self.client
+            let result = self
+                .client
                 .create_multipart_upload()
                 .bucket(&self.bucket)
                 .key(key)
                 .send()
-                .await
-                .map_err(|e| self.classify("CreateMultipartUpload", e))
+                .instrument(span.clone())
+                .await;
+            record_outcome(&span, &result);
+            result.map_err(|e| self.classify("CreateMultipartUpload", e))
         })
         .await?;
         let upload_id = created
@@ -288,6 +306,7 @@ impl S3Store {
         parts: Vec<CompletedPart>,
         size: u64,
     ) -> Result<Option<String>, ArtifactError> {
+        let span = self.span("CompleteMultipartUpload", "POST", key);
         let result = self
             .client
             .complete_multipart_upload()
@@ -300,7 +319,9 @@ impl S3Store {
                     .build(),
             )
             .send()
+            .instrument(span.clone())
             .await;
+        record_outcome(&span, &result);
         let err = match result {
             Ok(out) => return Ok(out.e_tag().map(unquote)),
             Err(err) => err,
@@ -310,14 +331,17 @@ impl S3Store {
         if !unparsed_success {
             return Err(self.classify("CompleteMultipartUpload", err));
         }
+        let span = self.span("HeadObject", "HEAD", key);
         let head = self
             .client
             .head_object()
             .bucket(&self.bucket)
             .key(key)
             .send()
-            .await
-            .map_err(|e| self.classify("HeadObject", e))?;
+            .instrument(span.clone())
+            .await;
+        record_outcome(&span, &head);
+        let head = head.map_err(|e| self.classify("HeadObject", e))?;
         if head.content_length() != Some(size as i64) {
             return Err(ArtifactError::Store {
                 operation: "CompleteMultipartUpload",
@@ -355,12 +379,14 @@ impl S3Store {
             client: self.client.clone(),
             bucket: self.bucket.clone(),
             endpoint: self.endpoint.clone(),
+            url_base: self.url_base.clone(),
         };
+        // Created here, so it is the child of the caller's span even on another task.
+        let span = self.span("UploadPart", "PUT", key);
         async move {
-            let out = request
-                .send()
-                .await
-                .map_err(|e| classifier.classify("UploadPart", e))?;
+            let result = request.send().instrument(span.clone()).await;
+            record_outcome(&span, &result);
+            let out = result.map_err(|e| classifier.classify("UploadPart", e))?;
             Ok(CompletedPart::builder()
                 .part_number(number)
                 .set_e_tag(out.e_tag().map(str::to_string))
@@ -369,14 +395,17 @@ impl S3Store {
     }
 
     pub async fn get_small(&self, key: &str) -> Result<Vec<u8>, ArtifactError> {
+        let span = self.span("GetObject", "GET", key);
         let out = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(key)
             .send()
-            .await
-            .map_err(|e| self.classify("GetObject", e))?;
+            .instrument(span.clone())
+            .await;
+        record_outcome(&span, &out);
+        let out = out.map_err(|e| self.classify("GetObject", e))?;
         let bytes = out.body.collect().await.map_err(|e| ArtifactError::Store {
             operation: "GetObject",
             detail: e.to_string(),
@@ -385,14 +414,60 @@ impl S3Store {
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), ArtifactError> {
-        self.client
+        let span = self.span("DeleteObject", "DELETE", key);
+        let result = self
+            .client
             .delete_object()
             .bucket(&self.bucket)
             .key(key)
             .send()
-            .await
-            .map_err(|e| self.classify("DeleteObject", e))?;
+            .instrument(span.clone())
+            .await;
+        record_outcome(&span, &result);
+        result.map_err(|e| self.classify("DeleteObject", e))?;
         Ok(())
+    }
+}
+
+/// Where the bucket's objects are addressed: `<endpoint>/<bucket>` in path style,
+/// `<scheme>://<bucket>.<host>` otherwise; AWS's regional endpoint without a custom one.
+fn url_base(cfg: &S3Config) -> String {
+    let endpoint = cfg
+        .endpoint
+        .clone()
+        .unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", cfg.region));
+    let endpoint = endpoint.trim_end_matches('/');
+    match endpoint.split_once("://") {
+        Some((scheme, host)) if !cfg.force_path_style => {
+            format!("{scheme}://{}.{host}", cfg.bucket)
+        }
+        _ => format!("{endpoint}/{}", cfg.bucket),
+    }
+}
+
+/// Records how a request ended on its span: the status code when the server answered, and
+/// status ERROR for an error answer or no answer at all.
+fn record_outcome<T, E>(span: &tracing::Span, result: &Result<T, SdkError<E, HttpResponse>>)
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    if span.is_disabled() {
+        return;
+    }
+    match result {
+        // The SDK only hands back a successful output for a 2xx answer.
+        Ok(_) => {
+            span.record("http.response.status_code", 200);
+        }
+        Err(err) => {
+            let status = err.raw_response().map(|r| r.status().as_u16());
+            if let Some(status) = status {
+                span.record("http.response.status_code", status);
+            }
+            if status.is_none_or(|s| s >= 300) {
+                crate::telemetry::record_error(span, &DisplayErrorContext(err));
+            }
+        }
     }
 }
 

@@ -14,6 +14,7 @@
 //! | `job.<kind>` | consumer | `job.id`, `job.kind`, `job.queue`, `job.attempt`, `job.outcome`; on failure status ERROR with the error text and `error.message` |
 //! | `db.claim_batch`, `db.complete_batch`, `db.heartbeat` | client | `db.system`=`postgresql`, `db.operation`, `db.statement` (placeholders, never values), `db.rows` |
 //! | `http.client` helper ([`http_client_span`]) | client | `http.request.method`, `server.address`, `url.full` (no query), `http.response.status_code` |
+//! | `S3.<Operation>` ([`s3_client_span`]) | client | the HTTP ones plus `rpc.system`=`aws-api`, `rpc.service`=`S3`, `rpc.method`, `aws.s3.bucket`, `aws.s3.key` |
 //!
 //! A job span is the child of the `traceparent` stored with the job when there is one;
 //! [`current_traceparent`] is what the Rust enqueue API stores.
@@ -199,16 +200,7 @@ pub fn record_error(span: &tracing::Span, error: &dyn std::fmt::Display) {
 /// A span for one outbound HTTP request (telemetry heartbeat, secret stores). The query string
 /// is dropped: it may carry credentials. Record `http.response.status_code` when it answers.
 pub fn http_client_span(method: &str, url: &str) -> tracing::Span {
-    let without_query = url.split(['?', '#']).next().unwrap_or(url);
-    // Userinfo never leaves the process either.
-    let (host, full) = match without_query.split_once("://") {
-        Some((scheme, rest)) => {
-            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            let host = authority.rsplit('@').next().unwrap_or(authority);
-            (host.to_string(), format!("{scheme}://{host}{path}"))
-        }
-        None => (String::new(), without_query.to_string()),
-    };
+    let (host, full) = sanitize_url(url);
     tracing::info_span!(
         target: SPAN_TARGET,
         "http",
@@ -221,6 +213,49 @@ pub fn http_client_span(method: &str, url: &str) -> tracing::Span {
         otel.status_code = Empty,
         otel.status_description = Empty,
     )
+}
+
+/// A span for one S3 request (`S3.PutObject`, `S3.UploadPart`, …): the HTTP client attributes
+/// of [`http_client_span`] plus the AWS ones. Record `http.response.status_code` when it answers.
+pub fn s3_client_span(
+    operation: &str,
+    method: &str,
+    url: &str,
+    bucket: &str,
+    key: &str,
+) -> tracing::Span {
+    let (host, full) = sanitize_url(url);
+    let name = format!("S3.{operation}");
+    tracing::info_span!(
+        target: SPAN_TARGET,
+        "s3",
+        otel.name = name.as_str(),
+        otel.kind = "client",
+        rpc.system = "aws-api",
+        rpc.service = "S3",
+        rpc.method = operation,
+        aws.s3.bucket = bucket,
+        aws.s3.key = key,
+        http.request.method = method,
+        server.address = host.as_str(),
+        url.full = full.as_str(),
+        http.response.status_code = Empty,
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+    )
+}
+
+/// `(host, url)` of a URL without its query, fragment and userinfo: they may carry credentials.
+fn sanitize_url(url: &str) -> (String, String) {
+    let without_query = url.split(['?', '#']).next().unwrap_or(url);
+    match without_query.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority.rsplit('@').next().unwrap_or(authority);
+            (host.to_string(), format!("{scheme}://{host}{path}"))
+        }
+        None => (String::new(), without_query.to_string()),
+    }
 }
 
 /// The W3C `traceparent` of the current span, when a sampled or unsampled trace is active and
