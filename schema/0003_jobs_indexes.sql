@@ -1,12 +1,8 @@
--- Claiming scans only runnable rows, in claim order.
-CREATE INDEX IF NOT EXISTS jobs_fetch_idx ON lettuce.jobs (queue, priority, run_at, id)
-    WHERE state IN ('available', 'scheduled', 'retryable');
--- The rescuer looks for expired leases among running rows only.
-CREATE INDEX IF NOT EXISTS jobs_lease_idx ON lettuce.jobs (lease_expires_at)
-    WHERE state = 'running';
+-- Claiming walks the queue table in claim order. No predicate on `state`: the claim then changes
+-- no indexed column and is a HOT update (running rows are skipped by the claim's filter).
+CREATE INDEX IF NOT EXISTS job_queue_fetch_idx ON lettuce.job_queue (queue, priority, run_at, id);
+-- At most one job per (kind, unique_key) not finished: exactly the rows of the queue table.
+CREATE UNIQUE INDEX IF NOT EXISTS job_queue_unique_idx ON lettuce.job_queue (kind, unique_key)
+    WHERE unique_key IS NOT NULL;
 -- The pruner walks finished rows by age.
-CREATE INDEX IF NOT EXISTS jobs_finished_idx ON lettuce.jobs (finished_at)
-    WHERE state IN ('completed', 'discarded', 'cancelled');
--- At most one job per (kind, unique_key) in a non-final state.
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_unique_idx ON lettuce.jobs (kind, unique_key)
-    WHERE unique_key IS NOT NULL AND state IN ('available', 'scheduled', 'running', 'retryable');
+CREATE INDEX IF NOT EXISTS job_history_finished_idx ON lettuce.job_history (finished_at)

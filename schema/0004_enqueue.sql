@@ -24,21 +24,18 @@ BEGIN
         RAISE EXCEPTION 'lettuce.enqueue: max_attempts must be at least 1';
     END IF;
     LOOP
-        INSERT INTO lettuce.jobs (kind, payload, queue, priority, run_at, max_attempts, unique_key, traceparent, state)
+        INSERT INTO lettuce.job_queue (kind, payload, queue, priority, run_at, max_attempts, unique_key, traceparent, state)
         VALUES (enqueue.kind, coalesce(enqueue.payload, '{}'), coalesce(enqueue.queue, 'default'),
                 enqueue.priority, coalesce(enqueue.run_at, now()), enqueue.max_attempts,
                 enqueue.unique_key, enqueue.traceparent,
                 CASE WHEN coalesce(enqueue.run_at, now()) > now() THEN 'scheduled' ELSE 'available' END)
-        ON CONFLICT (kind, unique_key)
-            WHERE unique_key IS NOT NULL AND state IN ('available', 'scheduled', 'running', 'retryable')
-            DO NOTHING
+        ON CONFLICT (kind, unique_key) WHERE unique_key IS NOT NULL DO NOTHING
         RETURNING id INTO new_id;
         IF new_id IS NOT NULL THEN
             RETURN new_id;
         END IF;
-        SELECT j.id INTO new_id FROM lettuce.jobs j
-         WHERE j.kind = enqueue.kind AND j.unique_key = enqueue.unique_key
-           AND j.state IN ('available', 'scheduled', 'running', 'retryable');
+        SELECT j.id INTO new_id FROM lettuce.job_queue j
+         WHERE j.kind = enqueue.kind AND j.unique_key = enqueue.unique_key;
         IF new_id IS NOT NULL THEN
             RETURN new_id;
         END IF;

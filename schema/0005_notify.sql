@@ -7,6 +7,6 @@ BEGIN
     RETURN NULL;
 END
 $$;
-CREATE OR REPLACE TRIGGER jobs_notify AFTER INSERT ON lettuce.jobs
+CREATE OR REPLACE TRIGGER jobs_notify AFTER INSERT ON lettuce.job_queue
     REFERENCING NEW TABLE AS new_jobs
     FOR EACH STATEMENT EXECUTE FUNCTION lettuce.jobs_notify()

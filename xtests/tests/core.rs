@@ -750,3 +750,110 @@ async fn presence_rows_are_kept_and_stale_ones_swept_and_old_jobs_pruned() {
         .get(0);
     assert_eq!(gone, 0, "a clean exit removes the presence row");
 }
+
+/// A database from before the queue/history split (`lettuce.jobs` one table with partial
+/// indexes) is converted in place by the next schema apply: unfinished rows stay in
+/// `job_queue`, finished ones move to `job_history`, ids continue, and the worker runs what
+/// was waiting.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_from_before_the_history_split_is_converted_in_place() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "CREATE SCHEMA lettuce;
+             CREATE TABLE lettuce.jobs (
+                 id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                 kind text NOT NULL CHECK (kind <> ''), queue text NOT NULL DEFAULT 'default',
+                 payload jsonb NOT NULL DEFAULT '{}', priority smallint NOT NULL DEFAULT 0,
+                 state text NOT NULL DEFAULT 'available' CHECK (state IN ('available', 'scheduled',
+                     'running', 'retryable', 'completed', 'discarded', 'cancelled')),
+                 attempt int NOT NULL DEFAULT 0, max_attempts int NOT NULL DEFAULT 5,
+                 run_at timestamptz NOT NULL DEFAULT now(), created_at timestamptz NOT NULL DEFAULT now(),
+                 attempted_at timestamptz, finished_at timestamptz, locked_by text,
+                 lease_expires_at timestamptz, errors jsonb NOT NULL DEFAULT '[]', unique_key text,
+                 traceparent text);
+             CREATE INDEX jobs_fetch_idx ON lettuce.jobs (queue, priority, run_at, id)
+                 WHERE state IN ('available', 'scheduled', 'retryable');
+             CREATE INDEX jobs_lease_idx ON lettuce.jobs (lease_expires_at) WHERE state = 'running';
+             CREATE INDEX jobs_finished_idx ON lettuce.jobs (finished_at)
+                 WHERE state IN ('completed', 'discarded', 'cancelled');
+             CREATE UNIQUE INDEX jobs_unique_idx ON lettuce.jobs (kind, unique_key)
+                 WHERE unique_key IS NOT NULL AND state IN ('available', 'scheduled', 'running', 'retryable');
+             INSERT INTO lettuce.jobs (kind, state, finished_at, attempt) VALUES
+                 ('diag.noop', 'completed', now() - interval '1 hour', 1),
+                 ('diag.noop', 'discarded', now() - interval '2 hours', 5);
+             INSERT INTO lettuce.jobs (kind, unique_key) VALUES ('diag.noop', 'k');
+             INSERT INTO lettuce.jobs (kind, state, finished_at, unique_key) VALUES
+                 ('diag.noop', 'cancelled', now(), 'k');",
+        )
+        .await
+        .unwrap();
+    let (code, out, err) = run_worker(&["schema", "apply"], &db.env());
+    assert_eq!(code, 0, "{out}{err}");
+
+    let split: Vec<(String, i64, String)> = client
+        .query(
+            "SELECT 'queue', id, state FROM lettuce.job_queue
+             UNION ALL SELECT 'history', id, state FROM lettuce.job_history ORDER BY 2",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let expect = |t: &str, id: i64, s: &str| (t.to_string(), id, s.to_string());
+    assert_eq!(
+        split,
+        vec![
+            expect("history", 1, "completed"),
+            expect("history", 2, "discarded"),
+            expect("queue", 3, "available"),
+            expect("history", 4, "cancelled"),
+        ]
+    );
+    let kind: String = xtests::scalar(
+        &client,
+        "SELECT c.relkind::text FROM pg_class c WHERE c.oid = 'lettuce.jobs'::regclass",
+    )
+    .await;
+    assert_eq!(kind, "v", "lettuce.jobs is now the view");
+    let old_indexes: i64 = xtests::scalar(
+        &client,
+        "SELECT count(*) FROM pg_indexes WHERE schemaname = 'lettuce' AND indexname LIKE 'jobs\\_%\\_idx'",
+    )
+    .await;
+    assert_eq!(old_indexes, 0, "the old partial indexes are gone");
+
+    // The unique rule still sees the waiting row; ids continue after the old ones.
+    assert_eq!(
+        enqueue_sql_unique(&client, "k").await,
+        3,
+        "a duplicate returns the waiting job"
+    );
+    let next = enqueue_sql(&client, "diag.noop", json!({})).await;
+    assert!(next > 4, "ids continue: {next}");
+
+    // Applying again changes nothing, and a worker runs the waiting jobs.
+    let (code, out, err) = run_worker(&["schema", "apply"], &db.env());
+    assert_eq!(code, 0, "{out}{err}");
+    let worker = InProcessWorker::start(&db.env()).await;
+    for id in [3, next] {
+        assert_eq!(wait_final(&client, id, LIMIT).await.0, "completed");
+    }
+    worker.stop().await.unwrap();
+    let total: i64 = xtests::scalar(&client, "SELECT count(*) FROM lettuce.jobs").await;
+    assert_eq!(total, 5);
+}
+
+async fn enqueue_sql_unique(client: &tokio_postgres::Client, key: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT lettuce.enqueue('diag.noop', unique_key => $1)",
+            &[&key],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}

@@ -164,7 +164,7 @@ async fn in_memory_spans_for_completed_failed_and_panicked_attempts() {
         assert_eq!(attr(s, "db.operation").as_deref(), Some("UPDATE"));
         let stmt = attr(s, "db.statement").unwrap();
         assert!(
-            stmt.contains("lettuce.jobs") && stmt.contains("$1"),
+            stmt.contains("lettuce.job_queue") && stmt.contains("$1"),
             "{stmt}"
         );
         // The kinds are parameters: interpolated values would show up as `diag.`.

@@ -1,4 +1,5 @@
-//! Every statement that touches `lettuce.jobs`, one function each.
+//! Every statement that touches the jobs (`lettuce.job_queue`, `lettuce.job_history` and the
+//! `lettuce.jobs` view over both), one function each.
 //!
 //! Writes on behalf of a running attempt (completion, heartbeat) are fenced on
 //! `(id, attempt, locked_by)` and `state = 'running'`: a worker whose job was rescued, cancelled
@@ -163,7 +164,7 @@ pub async fn enqueue_many(
         } else {
             client
                 .query(
-                    "INSERT INTO lettuce.jobs (kind, payload, queue, priority, run_at, max_attempts, traceparent, state)
+                    "INSERT INTO lettuce.job_queue (kind, payload, queue, priority, run_at, max_attempts, traceparent, state)
                      SELECT u.kind, u.payload, u.queue, u.priority, coalesce(u.run_at, now()), u.max_attempts, u.traceparent,
                             CASE WHEN u.run_at > now() THEN 'scheduled' ELSE 'available' END
                        FROM unnest($1::text[], $2::jsonb[], $3::text[], $4::int2[], $5::timestamptz[],
@@ -208,16 +209,18 @@ pub struct ClaimedJob {
     pub traceparent: Option<String>,
 }
 
+/// `job_queue_fetch_idx` has no predicate on `state` (so this UPDATE changes no indexed column
+/// and is a HOT update); running rows are skipped by the filter.
 const CLAIM_SQL: &str = "
 WITH c AS (
-    SELECT id FROM lettuce.jobs
+    SELECT id FROM lettuce.job_queue
      WHERE state IN ('available', 'scheduled', 'retryable')
        AND queue = $1 AND run_at <= now() AND kind = ANY($2)
      ORDER BY priority, run_at, id
      LIMIT $3
      FOR UPDATE SKIP LOCKED
 )
-UPDATE lettuce.jobs j
+UPDATE lettuce.job_queue j
    SET state = 'running', attempt = j.attempt + 1, attempted_at = now(), locked_by = $4,
        lease_expires_at = now() + $5 * interval '1 millisecond'
   FROM c
@@ -318,23 +321,48 @@ pub struct ArtifactRow {
 
 /// Sent as an unnamed statement (`query_typed`: one round trip, planned with the batch's actual
 /// arrays), never as a cached prepared statement. A cached statement switches to a generic plan
-/// after five runs, and the generic plan trusts the statistics of `jobs_lease_idx`, which in a
-/// queue table are always stale ("about one running row"): it then drives the join from every
-/// running row and rescans the unnest for each, O(running × batch) — 1.25 s instead of 31 ms for
-/// a batch of 1,000 (see BENCHMARKS.md, "Profile"). The custom plan hashes one side instead.
+/// after five runs, and a generic plan built on a queue table's statistics (always stale: "about
+/// one running row") can drive the join from the wrong side and rescan the unnest for each row,
+/// O(running × batch) — 1.25 s instead of 31 ms for a batch of 1,000 (see BENCHMARKS.md,
+/// "Profile"). The custom plan hashes one side instead.
+///
+/// Final outcomes move the row from `job_queue` to `job_history` (a DELETE and an INSERT, no
+/// index entry written in the hot table); the others (retry, snooze, hand-back) update it in
+/// place. Both are fenced on `(id, attempt, locked_by)` and `state = 'running'`.
 const COMPLETE_SQL: &str = "
-UPDATE lettuce.jobs j
-   SET state = u.state,
-       attempt = CASE WHEN u.restore THEN j.attempt - 1 ELSE j.attempt END,
-       run_at = CASE WHEN u.delay_ms IS NULL THEN j.run_at ELSE now() + u.delay_ms * interval '1 millisecond' END,
-       finished_at = CASE WHEN u.state IN ('completed', 'discarded', 'cancelled') THEN now() END,
-       lease_expires_at = NULL,
-       errors = CASE WHEN u.error IS NULL THEN j.errors
-                     ELSE j.errors || jsonb_build_array(jsonb_build_object('attempt', j.attempt, 'at', now(), 'error', u.error)) END
-  FROM unnest($1::int8[], $2::int4[], $3::text[], $4::float8[], $5::text[], $6::bool[])
-       AS u(id, attempt, state, delay_ms, error, restore)
- WHERE j.id = u.id AND j.attempt = u.attempt AND j.locked_by = $7 AND j.state = 'running'
-RETURNING j.id";
+WITH u AS (
+    SELECT * FROM unnest($1::int8[], $2::int4[], $3::text[], $4::float8[], $5::text[], $6::bool[])
+        AS u(id, attempt, state, delay_ms, error, restore)
+), done AS (
+    DELETE FROM lettuce.job_queue j
+     USING u
+     WHERE j.id = u.id AND j.attempt = u.attempt AND j.locked_by = $7 AND j.state = 'running'
+       AND u.state IN ('completed', 'discarded', 'cancelled')
+    RETURNING j.*, u.state AS new_state, u.error AS new_error, u.restore
+), moved AS (
+    INSERT INTO lettuce.job_history
+    SELECT id, kind, queue, payload, priority, new_state,
+           CASE WHEN restore THEN attempt - 1 ELSE attempt END, max_attempts, run_at, created_at,
+           attempted_at, now(), locked_by, NULL,
+           CASE WHEN new_error IS NULL THEN errors
+                ELSE errors || jsonb_build_array(jsonb_build_object('attempt', attempt, 'at', now(), 'error', new_error)) END,
+           unique_key, traceparent
+      FROM done
+    RETURNING id
+), kept AS (
+    UPDATE lettuce.job_queue j
+       SET state = u.state,
+           attempt = CASE WHEN u.restore THEN j.attempt - 1 ELSE j.attempt END,
+           run_at = CASE WHEN u.delay_ms IS NULL THEN j.run_at ELSE now() + u.delay_ms * interval '1 millisecond' END,
+           lease_expires_at = NULL,
+           errors = CASE WHEN u.error IS NULL THEN j.errors
+                         ELSE j.errors || jsonb_build_array(jsonb_build_object('attempt', j.attempt, 'at', now(), 'error', u.error)) END
+      FROM u
+     WHERE j.id = u.id AND j.attempt = u.attempt AND j.locked_by = $7 AND j.state = 'running'
+       AND u.state NOT IN ('completed', 'discarded', 'cancelled')
+    RETURNING j.id
+)
+SELECT id FROM moved UNION ALL SELECT id FROM kept";
 
 /// Writes a batch of outcomes in one statement (plus artifact rows and a wake-up NOTIFY in the
 /// same transaction when needed). Returns the ids whose write was accepted; the others were
@@ -441,7 +469,7 @@ const HEARTBEAT_SQL: &str = "WITH w AS (
                  VALUES ($4, $5, $6, $7, $8)
                  ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
              )
-             UPDATE lettuce.jobs j SET lease_expires_at = now() + $3 * interval '1 millisecond'
+             UPDATE lettuce.job_queue j SET lease_expires_at = now() + $3 * interval '1 millisecond'
                FROM unnest($1::int8[], $2::int4[]) AS u(id, attempt)
               WHERE j.id = u.id AND j.attempt = u.attempt AND j.locked_by = $4 AND j.state = 'running'
              RETURNING j.id";
@@ -485,8 +513,7 @@ pub async fn queue_depth(pool: &DbPool) -> Result<Vec<(String, String, i64)>, Db
         .await?;
     let rows = tx
         .query(
-            "SELECT queue, state, count(*) FROM lettuce.jobs
-              WHERE state IN ('available', 'scheduled', 'running', 'retryable')
+            "SELECT queue, state, count(*) FROM lettuce.job_queue
               GROUP BY queue, state
               ORDER BY queue, state
               LIMIT 1000",
@@ -515,27 +542,41 @@ pub async fn rescue_expired(pool: &DbPool, limit: i64) -> Result<Vec<Rescued>, D
     let rows = client
         .query(
             "WITH expired AS (
-                 SELECT id FROM lettuce.jobs
+                 SELECT id FROM lettuce.job_queue
                   WHERE state = 'running' AND lease_expires_at < now()
                   ORDER BY lease_expires_at
                   LIMIT $1
                   FOR UPDATE SKIP LOCKED
-             ), rescued AS (
-                 UPDATE lettuce.jobs j
-                    SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'discarded' ELSE 'retryable' END,
-                        finished_at = CASE WHEN j.attempt >= j.max_attempts THEN now() END,
+             ), spent AS (
+                 DELETE FROM lettuce.job_queue j
+                  USING expired
+                  WHERE j.id = expired.id AND j.attempt >= j.max_attempts
+                 RETURNING j.*
+             ), discarded AS (
+                 INSERT INTO lettuce.job_history
+                 SELECT id, kind, queue, payload, priority, 'discarded', attempt, max_attempts, now(),
+                        created_at, attempted_at, now(), locked_by, NULL,
+                        errors || jsonb_build_array(jsonb_build_object(
+                            'attempt', attempt, 'at', now(),
+                            'error', 'lease expired: worker ' || coalesce(locked_by, '(unknown)') || ' presumed dead')),
+                        unique_key, traceparent
+                   FROM spent
+                 RETURNING id, state, locked_by, queue
+             ), retried AS (
+                 UPDATE lettuce.job_queue j
+                    SET state = 'retryable',
                         run_at = now(),
                         lease_expires_at = NULL,
                         errors = j.errors || jsonb_build_array(jsonb_build_object(
                             'attempt', j.attempt, 'at', now(),
                             'error', 'lease expired: worker ' || coalesce(j.locked_by, '(unknown)') || ' presumed dead'))
                    FROM expired
-                  WHERE j.id = expired.id
+                  WHERE j.id = expired.id AND j.attempt < j.max_attempts
                  RETURNING j.id, j.state, j.locked_by, j.queue
              )
-             SELECT id, state, locked_by,
-                    CASE WHEN state = 'retryable' THEN pg_notify('lettuce_jobs', queue) END
-               FROM rescued",
+             SELECT id, state, locked_by, NULL FROM discarded
+             UNION ALL
+             SELECT id, state, locked_by, pg_notify('lettuce_jobs', queue)::text FROM retried",
             &[&limit],
         )
         .await?;
@@ -549,6 +590,29 @@ pub async fn rescue_expired(pool: &DbPool, limit: i64) -> Result<Vec<Rescued>, D
         .collect())
 }
 
+/// Takes this interval's turn of a cluster-wide maintenance `task`: true when its last run
+/// (by any replica) is at least `every` ago, and records this one.
+pub async fn take_turn(
+    pool: &DbPool,
+    task: &str,
+    every: Duration,
+    worker_id: &str,
+) -> Result<bool, DbError> {
+    let client = pool.get().await?;
+    let every_ms = every.as_millis() as f64;
+    let row = client
+        .query_opt(
+            "INSERT INTO lettuce.maintenance_turns AS t (task, last_run_at, taken_by)
+             VALUES ($1, now(), $3)
+             ON CONFLICT (task) DO UPDATE SET last_run_at = now(), taken_by = excluded.taken_by
+              WHERE t.last_run_at <= now() - $2 * interval '1 millisecond'
+             RETURNING 1",
+            &[&task, &every_ms, &worker_id],
+        )
+        .await?;
+    Ok(row.is_some())
+}
+
 /// Deletes up to `limit` finished jobs older than their retention. Returns how many went.
 pub async fn prune(
     pool: &DbPool,
@@ -560,14 +624,13 @@ pub async fn prune(
     let n = client
         .execute(
             "WITH doomed AS (
-                 SELECT id FROM lettuce.jobs
-                  WHERE state IN ('completed', 'discarded', 'cancelled')
-                    AND finished_at < now() - CASE state WHEN 'completed' THEN $1::float8 WHEN 'discarded' THEN $2::float8 ELSE $3::float8 END
+                 SELECT id FROM lettuce.job_history
+                  WHERE finished_at < now() - CASE state WHEN 'completed' THEN $1::float8 WHEN 'discarded' THEN $2::float8 ELSE $3::float8 END
                                               * interval '1 millisecond'
                   LIMIT $4::int8
                   FOR UPDATE SKIP LOCKED
              )
-             DELETE FROM lettuce.jobs j USING doomed WHERE j.id = doomed.id",
+             DELETE FROM lettuce.job_history j USING doomed WHERE j.id = doomed.id",
             &[&ms(retention.completed), &ms(retention.discarded), &ms(retention.cancelled), &limit],
         )
         .await?;

@@ -134,7 +134,7 @@ pub async fn figures(pool: &DbPool) -> Result<Figures, DbError> {
             "SELECT (SELECT count(*) FROM lettuce.workers),
                     count(*) FILTER (WHERE state = 'completed'),
                     count(*) FILTER (WHERE state = 'discarded')
-               FROM lettuce.jobs
+               FROM lettuce.job_history
               WHERE state IN ('completed', 'discarded') AND finished_at >= now() - interval '24 hours'",
             &[],
         )

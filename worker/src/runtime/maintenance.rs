@@ -39,6 +39,16 @@ impl PeriodicTask for Rescuer {
         (self.0.config.lease / 2).clamp(Duration::from_millis(100), Duration::from_secs(15))
     }
     async fn activate(&mut self) -> Result<Option<String>, String> {
+        // The scan reads the whole queue table; one replica per interval does it. A little
+        // slack so this replica's own next tick is never refused by its previous turn.
+        let every = self.interval().mul_f64(0.8);
+        let worker_id = &self.0.worker.id;
+        if !db::jobs::take_turn(&self.0.pool, "rescuer", every, worker_id)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            return Ok(None);
+        }
         let mut total = Vec::new();
         loop {
             let rescued = db::jobs::rescue_expired(&self.0.pool, BATCH)

@@ -337,9 +337,8 @@ async fn wait_empty(c: &Client, sql: &str, limit: Duration) -> Result<Instant> {
     }
 }
 
-/// Work left for our worker: runnable or running rows, each found through its partial index.
-const OURS_LEFT: &str = "SELECT EXISTS (SELECT 1 FROM lettuce.jobs WHERE state IN ('available', 'scheduled', 'retryable') AND queue = 'default')
-                             OR EXISTS (SELECT 1 FROM lettuce.jobs WHERE state = 'running')";
+/// Work left for our worker: any row in the queue table (finished ones are in the history).
+const OURS_LEFT: &str = "SELECT EXISTS (SELECT 1 FROM lettuce.job_queue)";
 const GRAPHILE_LEFT: &str = "SELECT EXISTS (SELECT 1 FROM graphile_worker._private_jobs)";
 
 /// Enqueues `n` no-op jobs through the Rust batch API in chunks of `chunk`.
@@ -981,7 +980,7 @@ impl Bench {
         let window = start.elapsed().as_secs_f64();
         let completed_in_window: i64 = c
             .query_one(
-                "SELECT count(*) FROM lettuce.jobs WHERE state = 'completed'",
+                "SELECT count(*) FROM lettuce.job_history WHERE state = 'completed'",
                 &[],
             )
             .await?
@@ -1000,8 +999,10 @@ impl Bench {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let r = c
             .query_one(
-                "SELECT (SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'lettuce.jobs'::regclass),
-                        pg_total_relation_size('lettuce.jobs'), pg_indexes_size('lettuce.jobs'),
+                "SELECT (SELECT sum(n_dead_tup)::int8 FROM pg_stat_user_tables
+                          WHERE relid IN ('lettuce.job_queue'::regclass, 'lettuce.job_history'::regclass)),
+                        pg_total_relation_size('lettuce.job_queue') + pg_total_relation_size('lettuce.job_history'),
+                        pg_indexes_size('lettuce.job_queue') + pg_indexes_size('lettuce.job_history'),
                         pg_wal_lsn_diff($2::text::pg_lsn, $1::text::pg_lsn)::float8",
                 &[&lsn0, &lsn1],
             )
