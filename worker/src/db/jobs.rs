@@ -210,21 +210,21 @@ pub struct ClaimedJob {
 }
 
 /// `job_queue_fetch_idx` has no predicate on `state` (so this UPDATE changes no indexed column
-/// and is a HOT update); running rows are skipped by the filter.
+/// and is a HOT update); running rows are skipped by the filter. The ids go through an array
+/// (`= ANY(ARRAY(…))`) so the UPDATE is always a primary-key lookup per id: joined to a CTE
+/// instead, the cached generic plan hashes the whole table on every claim (36 ms at 100k
+/// queued rows instead of 7 ms; BENCHMARKS.md, "Profile").
 const CLAIM_SQL: &str = "
-WITH c AS (
+UPDATE lettuce.job_queue j
+   SET state = 'running', attempt = j.attempt + 1, attempted_at = now(), locked_by = $4,
+       lease_expires_at = now() + $5 * interval '1 millisecond'
+ WHERE j.id = ANY(ARRAY(
     SELECT id FROM lettuce.job_queue
      WHERE state IN ('available', 'scheduled', 'retryable')
        AND queue = $1 AND run_at <= now() AND kind = ANY($2)
      ORDER BY priority, run_at, id
      LIMIT $3
-     FOR UPDATE SKIP LOCKED
-)
-UPDATE lettuce.job_queue j
-   SET state = 'running', attempt = j.attempt + 1, attempted_at = now(), locked_by = $4,
-       lease_expires_at = now() + $5 * interval '1 millisecond'
-  FROM c
- WHERE j.id = c.id
+     FOR UPDATE SKIP LOCKED))
 RETURNING j.id, j.kind, j.queue, j.payload, j.priority, j.attempt, j.max_attempts, j.run_at,
           j.attempted_at, j.traceparent";
 
@@ -326,43 +326,60 @@ pub struct ArtifactRow {
 /// O(running × batch) — 1.25 s instead of 31 ms for a batch of 1,000 (see BENCHMARKS.md,
 /// "Profile"). The custom plan hashes one side instead.
 ///
-/// Final outcomes move the row from `job_queue` to `job_history` (a DELETE and an INSERT, no
-/// index entry written in the hot table); the others (retry, snooze, hand-back) update it in
-/// place. Both are fenced on `(id, attempt, locked_by)` and `state = 'running'`.
-const COMPLETE_SQL: &str = "
-WITH u AS (
-    SELECT * FROM unnest($1::int8[], $2::int4[], $3::text[], $4::float8[], $5::text[], $6::bool[])
-        AS u(id, attempt, state, delay_ms, error, restore)
-), done AS (
+/// Final outcomes (completed, discarded, cancelled) move the row from `job_queue` to
+/// `job_history`: a DELETE and an INSERT, no index entry written in the hot table. Fenced on
+/// `(id, attempt, locked_by)` and `state = 'running'`.
+///
+/// The shape of the three statements joining a batch to `job_queue` (this one, REQUEUE_SQL,
+/// HEARTBEAT_SQL) is deliberate: the queue table's statistics always say "nothing running"
+/// (ANALYZE ran when nothing was), so a fence written as restrictions on `j` (`j.state =
+/// 'running' AND j.locked_by = $me`) makes the planner expect one row and pick a nested loop
+/// that rescans the batch for every row: 240 ms for 1,000 ids instead of 8. Instead, `j` is
+/// reached only through `j.id = ANY($1)` (estimated at the batch size) and the fence values
+/// come from the batch side (`OFFSET 0` keeps them from being folded back into restrictions),
+/// so the join is hashed.
+const FINISH_SQL: &str = "
+WITH done AS (
     DELETE FROM lettuce.job_queue j
-     USING u
-     WHERE j.id = u.id AND j.attempt = u.attempt AND j.locked_by = $7 AND j.state = 'running'
-       AND u.state IN ('completed', 'discarded', 'cancelled')
+     USING (SELECT u.*, $6::text AS me, 'running'::text AS running
+              FROM unnest($1::int8[], $2::int4[], $3::text[], $4::text[], $5::bool[])
+                   AS u(id, attempt, state, error, restore)
+            OFFSET 0) u
+     WHERE j.id = ANY($1) AND j.id = u.id AND j.attempt = u.attempt AND j.locked_by = u.me
+       AND j.state = u.running
     RETURNING j.*, u.state AS new_state, u.error AS new_error, u.restore
-), moved AS (
-    INSERT INTO lettuce.job_history
-    SELECT id, kind, queue, payload, priority, new_state,
-           CASE WHEN restore THEN attempt - 1 ELSE attempt END, max_attempts, run_at, created_at,
-           attempted_at, now(), locked_by, NULL,
-           CASE WHEN new_error IS NULL THEN errors
-                ELSE errors || jsonb_build_array(jsonb_build_object('attempt', attempt, 'at', now(), 'error', new_error)) END,
-           unique_key, traceparent
-      FROM done
-    RETURNING id
-), kept AS (
-    UPDATE lettuce.job_queue j
-       SET state = u.state,
-           attempt = CASE WHEN u.restore THEN j.attempt - 1 ELSE j.attempt END,
-           run_at = CASE WHEN u.delay_ms IS NULL THEN j.run_at ELSE now() + u.delay_ms * interval '1 millisecond' END,
-           lease_expires_at = NULL,
-           errors = CASE WHEN u.error IS NULL THEN j.errors
-                         ELSE j.errors || jsonb_build_array(jsonb_build_object('attempt', j.attempt, 'at', now(), 'error', u.error)) END
-      FROM u
-     WHERE j.id = u.id AND j.attempt = u.attempt AND j.locked_by = $7 AND j.state = 'running'
-       AND u.state NOT IN ('completed', 'discarded', 'cancelled')
-    RETURNING j.id
 )
-SELECT id FROM moved UNION ALL SELECT id FROM kept";
+INSERT INTO lettuce.job_history
+SELECT id, kind, queue, payload, priority, new_state,
+       CASE WHEN restore THEN attempt - 1 ELSE attempt END, max_attempts, run_at, created_at,
+       attempted_at, now(), locked_by, NULL,
+       CASE WHEN new_error IS NULL THEN errors
+            ELSE errors || jsonb_build_array(jsonb_build_object('attempt', attempt, 'at', now(), 'error', new_error)) END,
+       unique_key, traceparent
+  FROM done
+RETURNING id";
+
+/// The other outcomes (retry, snooze, hand-back) keep the row in `job_queue`, updated in place.
+/// Same fence.
+const REQUEUE_SQL: &str = "
+UPDATE lettuce.job_queue j
+   SET state = u.state,
+       attempt = CASE WHEN u.restore THEN j.attempt - 1 ELSE j.attempt END,
+       run_at = CASE WHEN u.delay_ms IS NULL THEN j.run_at ELSE now() + u.delay_ms * interval '1 millisecond' END,
+       lease_expires_at = NULL,
+       errors = CASE WHEN u.error IS NULL THEN j.errors
+                     ELSE j.errors || jsonb_build_array(jsonb_build_object('attempt', j.attempt, 'at', now(), 'error', u.error)) END
+  FROM (SELECT u.*, $6::text AS me, 'running'::text AS running
+          FROM unnest($1::int8[], $2::int4[], $3::text[], $4::text[], $5::bool[], $7::float8[])
+               AS u(id, attempt, state, error, restore, delay_ms)
+        OFFSET 0) u
+ WHERE j.id = ANY($1) AND j.id = u.id AND j.attempt = u.attempt AND j.locked_by = u.me
+   AND j.state = u.running
+RETURNING j.id";
+
+fn is_final(state: &str) -> bool {
+    matches!(state, "completed" | "discarded" | "cancelled")
+}
 
 /// Writes a batch of outcomes in one statement (plus artifact rows and a wake-up NOTIFY in the
 /// same transaction when needed). Returns the ids whose write was accepted; the others were
@@ -373,12 +390,53 @@ pub async fn complete_batch(
     batch: &[Completion],
     artifacts: &[ArtifactRow],
 ) -> Result<Vec<i64>, DbError> {
-    let span = crate::telemetry::sql_span("db.complete_batch", "UPDATE", COMPLETE_SQL);
+    // The span shows the statement that carries the batch: FINISH_SQL unless nothing finished.
+    let shown = if batch.iter().any(|c| is_final(c.state)) {
+        FINISH_SQL
+    } else {
+        REQUEUE_SQL
+    };
+    let span = crate::telemetry::sql_span("db.complete_batch", "UPDATE", shown);
     let result = complete_batch_sql(pool, worker_id, batch, artifacts)
         .instrument(span.clone())
         .await;
     record_sql(&span, &result, |ids| ids.len());
     result
+}
+
+/// Runs FINISH_SQL or REQUEUE_SQL for one part of a batch; returns the accepted ids.
+async fn write_outcomes(
+    client: &impl GenericClient,
+    worker_id: &str,
+    part: &[&Completion],
+) -> Result<Vec<i64>, DbError> {
+    if part.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = part.iter().map(|c| c.id).collect();
+    let attempts: Vec<i32> = part.iter().map(|c| c.attempt).collect();
+    let states: Vec<&str> = part.iter().map(|c| c.state).collect();
+    let errors: Vec<Option<&str>> = part.iter().map(|c| c.error.as_deref()).collect();
+    let restores: Vec<bool> = part.iter().map(|c| c.restore_attempt).collect();
+    let delays: Vec<Option<f64>> = part
+        .iter()
+        .map(|c| c.delay.map(|d| d.as_millis() as f64))
+        .collect();
+    let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 7] = [
+        (&ids, Type::INT8_ARRAY),
+        (&attempts, Type::INT4_ARRAY),
+        (&states, Type::TEXT_ARRAY),
+        (&errors, Type::TEXT_ARRAY),
+        (&restores, Type::BOOL_ARRAY),
+        (&worker_id, Type::TEXT),
+        (&delays, Type::FLOAT8_ARRAY),
+    ];
+    let rows = if is_final(part[0].state) {
+        client.query_typed(FINISH_SQL, &params[..6]).await?
+    } else {
+        client.query_typed(REQUEUE_SQL, &params).await?
+    };
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 async fn complete_batch_sql(
@@ -388,15 +446,8 @@ async fn complete_batch_sql(
     artifacts: &[ArtifactRow],
 ) -> Result<Vec<i64>, DbError> {
     let mut client = pool.get().await?;
-    let ids: Vec<i64> = batch.iter().map(|c| c.id).collect();
-    let attempts: Vec<i32> = batch.iter().map(|c| c.attempt).collect();
-    let states: Vec<&str> = batch.iter().map(|c| c.state).collect();
-    let delays: Vec<Option<f64>> = batch
-        .iter()
-        .map(|c| c.delay.map(|d| d.as_millis() as f64))
-        .collect();
-    let errors: Vec<Option<&str>> = batch.iter().map(|c| c.error.as_deref()).collect();
-    let restores: Vec<bool> = batch.iter().map(|c| c.restore_attempt).collect();
+    let (finished, requeued): (Vec<&Completion>, Vec<&Completion>) =
+        batch.iter().partition(|c| is_final(c.state));
     let mut wake: Vec<&str> = batch
         .iter()
         .filter(|c| c.state == "available")
@@ -404,23 +455,16 @@ async fn complete_batch_sql(
         .collect();
     wake.sort_unstable();
     wake.dedup();
-    let needs_tx = !artifacts.is_empty() || !wake.is_empty();
-    let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 7] = [
-        (&ids, Type::INT8_ARRAY),
-        (&attempts, Type::INT4_ARRAY),
-        (&states, Type::TEXT_ARRAY),
-        (&delays, Type::FLOAT8_ARRAY),
-        (&errors, Type::TEXT_ARRAY),
-        (&restores, Type::BOOL_ARRAY),
-        (&worker_id, Type::TEXT),
-    ];
+    let needs_tx = !artifacts.is_empty()
+        || !wake.is_empty()
+        || (!finished.is_empty() && !requeued.is_empty());
     if !needs_tx {
-        let rows = client.query_typed(COMPLETE_SQL, &params).await?;
-        return Ok(rows.iter().map(|r| r.get(0)).collect());
+        let part = if finished.is_empty() { &requeued } else { &finished };
+        return write_outcomes(&**client, worker_id, part).await;
     }
     let tx = client.transaction().await?;
-    let rows = tx.query_typed(COMPLETE_SQL, &params).await?;
-    let accepted: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    let mut accepted = write_outcomes(&*tx, worker_id, &finished).await?;
+    accepted.extend(write_outcomes(&*tx, worker_id, &requeued).await?);
     let accepted_set: std::collections::HashSet<i64> = accepted.iter().copied().collect();
     let kept: Vec<&ArtifactRow> = artifacts
         .iter()
@@ -470,8 +514,11 @@ const HEARTBEAT_SQL: &str = "WITH w AS (
                  ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
              )
              UPDATE lettuce.job_queue j SET lease_expires_at = now() + $3 * interval '1 millisecond'
-               FROM unnest($1::int8[], $2::int4[]) AS u(id, attempt)
-              WHERE j.id = u.id AND j.attempt = u.attempt AND j.locked_by = $4 AND j.state = 'running'
+               FROM (SELECT u.*, $4::text AS me, 'running'::text AS running
+                       FROM unnest($1::int8[], $2::int4[]) AS u(id, attempt)
+                     OFFSET 0) u
+              WHERE j.id = ANY($1) AND j.id = u.id AND j.attempt = u.attempt AND j.locked_by = u.me
+                AND j.state = u.running
              RETURNING j.id";
 
 async fn heartbeat_sql(
@@ -484,7 +531,7 @@ async fn heartbeat_sql(
     let ids: Vec<i64> = held.iter().map(|h| h.0).collect();
     let attempts: Vec<i32> = held.iter().map(|h| h.1).collect();
     let lease_ms = lease.as_millis() as f64;
-    // Unnamed statement for the same reason as COMPLETE_SQL: the join over the running set must
+    // Unnamed statement for the same reason as FINISH_SQL: the join over the running set must
     // be planned with the actual array, not a generic plan built on stale statistics.
     let rows = client
         .query_typed(
