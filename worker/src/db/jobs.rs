@@ -455,11 +455,14 @@ async fn complete_batch_sql(
         .collect();
     wake.sort_unstable();
     wake.dedup();
-    let needs_tx = !artifacts.is_empty()
-        || !wake.is_empty()
-        || (!finished.is_empty() && !requeued.is_empty());
+    let needs_tx =
+        !artifacts.is_empty() || !wake.is_empty() || (!finished.is_empty() && !requeued.is_empty());
     if !needs_tx {
-        let part = if finished.is_empty() { &requeued } else { &finished };
+        let part = if finished.is_empty() {
+            &requeued
+        } else {
+            &finished
+        };
         return write_outcomes(&**client, worker_id, part).await;
     }
     let tx = client.transaction().await?;

@@ -2,6 +2,7 @@
 //! `UPDATE … FROM unnest(…)` per batch), retrying transient database errors, then releases
 //! the attempts' slots. Writes are fenced; a refused write is logged as a late completion.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -14,14 +15,21 @@ use super::{Shared, jitter};
 use crate::db::jobs::{ArtifactRow, ClaimedJob, Completion};
 
 /// Largest batch written in one statement.
-const MAX_BATCH: usize = 1000;
+pub(crate) const MAX_BATCH: usize = 1000;
+
+/// The batch size for a worker with `slots` slots in all: a quarter of them (at least 32), so
+/// while one batch is written the slots freed by the previous one are already being claimed
+/// again: claim and completion overlap instead of taking turns.
+pub(crate) fn batch_size(slots: usize) -> usize {
+    (slots / 4).clamp(32, MAX_BATCH)
+}
 
 /// One attempt's outcome on its way to the database, holding its slot until written.
 pub(crate) struct Finished {
     pub job: ClaimedJob,
     pub outcome: Outcome,
     /// Held until the outcome is written; dropping it frees the slot.
-    pub _slot: OwnedSemaphorePermit,
+    pub slot: OwnedSemaphorePermit,
 }
 
 /// Writes outcomes until `closed` fires (every executor has finished) and the channel is empty.
@@ -29,8 +37,9 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
     mut rx: mpsc::UnboundedReceiver<Finished>,
     closed: CancellationToken,
+    max_batch: usize,
 ) {
-    let mut batch: Vec<Finished> = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<Finished> = Vec::with_capacity(max_batch);
     loop {
         let first = tokio::select! {
             biased;
@@ -43,7 +52,7 @@ pub(crate) async fn run(
         };
         let Some(first) = first else { break };
         batch.push(first);
-        while batch.len() < MAX_BATCH {
+        while batch.len() < max_batch {
             match rx.try_recv() {
                 Ok(f) => batch.push(f),
                 Err(_) => break,
@@ -108,6 +117,16 @@ async fn write(shared: &Shared, batch: &mut Vec<Finished>) {
         };
     }
     drop(inflight);
-    // Dropping the batch releases the slots.
-    batch.clear();
+    // Free the batch's slots in one step per queue, so a producer waiting for a slot wakes to
+    // find all of them free and claims them in one statement.
+    let mut freed: HashMap<String, OwnedSemaphorePermit> = HashMap::new();
+    for f in batch.drain(..) {
+        match freed.get_mut(&f.job.queue) {
+            Some(p) => p.merge(f.slot),
+            None => {
+                freed.insert(f.job.queue, f.slot);
+            }
+        }
+    }
+    drop(freed);
 }

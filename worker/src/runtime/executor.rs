@@ -60,7 +60,7 @@ pub(crate) fn spawn(shared: &Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphor
                 let _ = s.completions.send(Finished {
                     job,
                     outcome,
-                    _slot: permit,
+                    slot: permit,
                 });
             }
             None => {

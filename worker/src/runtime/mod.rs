@@ -172,7 +172,13 @@ pub async fn run(
         .ok()
     });
     let completer_closed = CancellationToken::new();
-    let completer = tokio::spawn(completer::run(shared.clone(), rx, completer_closed.clone()));
+    let slots: usize = config.queues.iter().map(|q| q.concurrency).sum();
+    let completer = tokio::spawn(completer::run(
+        shared.clone(),
+        rx,
+        completer_closed.clone(),
+        completer::batch_size(slots),
+    ));
 
     let producers = TaskTracker::new();
     for q in &config.queues {
