@@ -1,6 +1,7 @@
 //! The only writer of outcomes. Collects finished attempts and writes them in batches (one
-//! `UPDATE … FROM unnest(…)` per batch), retrying transient database errors, then releases
-//! the attempts' slots. Writes are fenced; a refused write is logged as a late completion.
+//! statement over `unnest(…)` per batch, see `db::jobs::complete_batch`), retrying transient
+//! database errors, then releases the attempts' slots. Writes are fenced; a refused write is
+//! logged as a late completion.
 
 use std::collections::HashMap;
 use std::sync::Arc;
