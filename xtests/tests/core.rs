@@ -857,3 +857,37 @@ async fn enqueue_sql_unique(client: &tokio_postgres::Client, key: &str) -> i64 {
         .unwrap()
         .get(0)
 }
+
+/// The rescuer's scan is taken in turns: within one interval only the first replica to ask
+/// gets the turn, and the next interval is open to anyone.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rescue_scan_is_taken_once_per_interval_across_replicas() {
+    let db = TestDb::new().await;
+    let (code, out, err) = run_worker(&["schema", "apply"], &db.env());
+    assert_eq!(code, 0, "{out}{err}");
+    let pool = lettuce_worker::db::build_pool(lettuce_worker::db::parse_url(&db.url).unwrap(), 2);
+    let every = Duration::from_millis(1500);
+    let turn = |who: &'static str| {
+        let pool = pool.clone();
+        async move {
+            lettuce_worker::db::jobs::take_turn(&pool, "rescuer", every, who)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(turn("a").await, "the first ask gets the turn");
+    assert!(
+        !turn("b").await,
+        "another replica within the interval does not"
+    );
+    assert!(!turn("a").await, "nor does the same one");
+    tokio::time::sleep(every + Duration::from_millis(200)).await;
+    assert!(turn("b").await, "the next interval is open again");
+    let client = db.client().await;
+    let by: String = xtests::scalar(
+        &client,
+        "SELECT taken_by FROM lettuce.maintenance_turns WHERE task = 'rescuer'",
+    )
+    .await;
+    assert_eq!(by, "b");
+}
