@@ -865,7 +865,7 @@ async fn the_rescue_scan_is_taken_once_per_interval_across_replicas() {
     let db = TestDb::new().await;
     let (code, out, err) = run_worker(&["schema", "apply"], &db.env());
     assert_eq!(code, 0, "{out}{err}");
-    let pool = lettuce_worker::db::build_pool(lettuce_worker::db::parse_url(&db.url).unwrap(), 2);
+    let pool = lettuce_worker::db::pool_for_url(&db.url, 2).unwrap();
     let every = Duration::from_millis(1500);
     let turn = |who: &'static str| {
         let pool = pool.clone();
@@ -890,4 +890,127 @@ async fn the_rescue_scan_is_taken_once_per_interval_across_replicas() {
     )
     .await;
     assert_eq!(by, "b");
+}
+
+/// `DATABASE_URL`'s `sslmode` as libpq means it: `disable` plain, `prefer` (the default) and
+/// `require` encrypted without checking the certificate, `verify-ca` the chain against
+/// `sslrootcert`, `verify-full` the chain and the host name. Needs a server with `ssl = on`
+/// (Debian's default; `scripts/test` starts its throwaway cluster with a certificate too).
+#[tokio::test(flavor = "multi_thread")]
+async fn database_tls_follows_sslmode() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+    let ssl: String = xtests::scalar(&client, "SHOW ssl").await;
+    assert_eq!(ssl, "on", "this test needs a server with ssl = on");
+    let cert: String = xtests::scalar(&client, "SHOW ssl_cert_file").await;
+    let data_dir: String = xtests::scalar(&client, "SHOW data_directory").await;
+    let cert = std::path::Path::new(&data_dir).join(cert);
+    let root = cert.display().to_string().replace('/', "%2F");
+    let (base, _) = db.url.split_once('?').unwrap_or((&db.url, ""));
+    let localhost = base.replace("127.0.0.1", "localhost");
+
+    async fn encrypted(url: &str) -> Result<bool, String> {
+        let pool = lettuce_worker::db::pool_for_url(url, 1).map_err(|e| e.to_string())?;
+        let c = pool
+            .get()
+            .await
+            .map_err(|e| lettuce_worker::db::DbError::from(e).to_string())?;
+        let row = c
+            .query_one(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(row.get(0))
+    }
+    assert_eq!(
+        encrypted(&format!("{base}?sslmode=disable")).await,
+        Ok(false)
+    );
+    assert_eq!(
+        encrypted(base).await,
+        Ok(true),
+        "prefer: encrypted when offered"
+    );
+    assert_eq!(
+        encrypted(&format!("{base}?sslmode=require")).await,
+        Ok(true)
+    );
+    assert_eq!(
+        encrypted(&format!("{base}?sslmode=verify-ca&sslrootcert={root}")).await,
+        Ok(true),
+        "verify-ca: the chain is checked, the name (127.0.0.1) is not"
+    );
+    assert_eq!(
+        encrypted(&format!(
+            "{localhost}?sslmode=verify-full&sslrootcert={root}"
+        ))
+        .await,
+        Ok(true),
+        "verify-full against the name in the certificate"
+    );
+    let wrong_name = encrypted(&format!("{base}?sslmode=verify-full&sslrootcert={root}"))
+        .await
+        .expect_err("127.0.0.1 is not the certificate's name");
+    assert!(wrong_name.contains("certificate"), "{wrong_name}");
+    // Another self-signed certificate as the only root: the server's chain does not lead to it.
+    let other = std::env::temp_dir().join(format!("{}-other-ca", db.name));
+    std::fs::create_dir_all(&other).unwrap();
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+        ])
+        .arg("/CN=someone-else")
+        .arg("-keyout")
+        .arg(other.join("key.pem"))
+        .arg("-out")
+        .arg(other.join("ca.pem"))
+        .output()
+        .expect("openssl (scripts/test needs it too)");
+    assert!(made.status.success(), "{made:?}");
+    let other_root = other
+        .join("ca.pem")
+        .display()
+        .to_string()
+        .replace('/', "%2F");
+    let untrusted = encrypted(&format!(
+        "{base}?sslmode=verify-ca&sslrootcert={other_root}"
+    ))
+    .await
+    .expect_err("a chain to another root is refused");
+    assert!(untrusted.contains("certificate"), "{untrusted}");
+    let _ = std::fs::remove_dir_all(&other);
+
+    // The binary: boots and works over verify-full; with an unusable root file it stops at
+    // the database gate (exit 5) naming the file.
+    let mut env = db.env();
+    env.insert(
+        "DATABASE_URL".into(),
+        format!("{localhost}?sslmode=verify-full&sslrootcert={root}"),
+    );
+    let mut w = WorkerProcess::start(&["run"], &env);
+    w.wait_ready(LIMIT).await;
+    let id = enqueue_sql(&client, "diag.noop", json!({})).await;
+    assert_eq!(wait_final(&client, id, LIMIT).await.0, "completed");
+    let plain: i64 = xtests::scalar(
+        &client,
+        &format!(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+              WHERE a.datname = '{}' AND a.application_name LIKE 'lettuce-%' AND NOT s.ssl",
+            db.name
+        ),
+    )
+    .await;
+    assert_eq!(plain, 0, "every worker connection is encrypted");
+    w.signal(libc::SIGTERM);
+    assert_eq!(w.wait_exit(LIMIT).await, Some(0));
+
+    env.insert(
+        "DATABASE_URL".into(),
+        format!("{localhost}?sslmode=verify-full&sslrootcert=%2Fnonexistent%2Fca.pem"),
+    );
+    let (code, out, err) = run_worker(&["run"], &env);
+    assert_eq!(code, 5, "{out}{err}");
+    assert!(err.contains("/nonexistent/ca.pem"), "{err}");
 }

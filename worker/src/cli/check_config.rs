@@ -487,8 +487,10 @@ async fn database_checks(config: &Config, offline: bool) -> Vec<Check> {
             .map(|id| check(id, Level::Skip, format!("skipped: {why}")))
             .collect()
     };
-    let pg = match db::parse_url(config.database_url.expose()) {
-        Ok(pg) => pg,
+    let parsed = db::parse_url(config.database_url.expose())
+        .and_then(|pg| Ok((pg, db::tls_for(config.database_url.expose())?)));
+    let (pg, tls) = match parsed {
+        Ok(pair) => pair,
         Err(e) => {
             let mut v = vec![hinted(
                 "db.connect",
@@ -502,7 +504,7 @@ async fn database_checks(config: &Config, offline: bool) -> Vec<Check> {
     };
     let target = db::describe(&pg);
     let dbname = pg.get_dbname().unwrap_or("(default)").to_string();
-    let pool = db::build_pool(pg, 1);
+    let pool = db::build_pool(pg, tls, 1);
     let limit = config.db_connect_timeout.min(DB_TIMEOUT_CAP);
     match tokio::time::timeout(limit, pool.get()).await {
         Ok(Ok(client)) => drop(client),
@@ -703,8 +705,7 @@ fn version_check(version_num: i32, version: &str) -> Check {
 }
 
 async fn receipt_status(config: &Config) -> Option<crate::telemetry::heartbeat::HeartbeatStatus> {
-    let pg = db::parse_url(config.database_url.expose()).ok()?;
-    let pool = db::build_pool(pg, 1);
+    let pool = db::pool_for_url(config.database_url.expose(), 1).ok()?;
     let status = crate::telemetry::heartbeat::status(&pool, OffsetDateTime::now_utc());
     tokio::time::timeout(PROBE_TIMEOUT, status).await.ok()?.ok()
 }

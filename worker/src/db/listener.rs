@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, Config as PgConfig, NoTls};
+use tokio_postgres::{AsyncMessage, Config as PgConfig};
 use tokio_util::sync::CancellationToken;
 
 use super::jobs::CHANNEL;
@@ -31,6 +31,7 @@ pub struct ListenerStats {
 /// Runs until `stop` is cancelled.
 pub async fn run(
     mut cfg: PgConfig,
+    tls: super::Tls,
     wakers: Wakers,
     stats: Arc<ListenerStats>,
     stop: CancellationToken,
@@ -44,7 +45,7 @@ pub async fn run(
         }
         let connected = tokio::select! {
             _ = stop.cancelled() => return,
-            c = cfg.connect(NoTls) => c,
+            c = cfg.connect(tls.clone()) => c,
         };
         let (client, mut conn) = match connected {
             Ok(pair) => pair,

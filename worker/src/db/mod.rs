@@ -7,6 +7,7 @@
 //! - `listener.rs`: the dedicated LISTEN connection and its reconnect loop.
 //! - `workers.rs`: presence rows in `lettuce.workers`.
 //! - `telemetry.rs`: the daily heartbeat's per-day claim, receipt and reported figures.
+//! - `tls.rs`: TLS to Postgres with libpq's `sslmode` meanings (rustls).
 
 pub mod diag;
 pub mod entitlements;
@@ -15,14 +16,17 @@ pub mod listener;
 pub mod probe;
 pub mod schema;
 pub mod telemetry;
+pub mod tls;
 pub mod workers;
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::Config as PgConfig;
 use tokio_postgres::config::Host;
-use tokio_postgres::{Config as PgConfig, NoTls};
+
+pub use tls::Tls;
 
 /// The shared pool of ordinary connections.
 pub type DbPool = Pool;
@@ -40,16 +44,30 @@ pub enum DbError {
     },
     #[error("database error: {}", error_text(.0))]
     Postgres(#[from] tokio_postgres::Error),
-    #[error("database pool error: {0}")]
+    #[error("database pool error: {}", pool_error_text(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database TLS: {0}")]
+    Tls(String),
 }
 
 /// Parses `DATABASE_URL` without ever echoing it (it may hold a password).
+/// The TLS verification part (`sslmode=verify-ca|verify-full`, `sslrootcert`) is taken out
+/// first (see [`tls`]); [`tls_for`] builds the matching connector.
 pub fn parse_url(url: &str) -> Result<PgConfig, DbError> {
-    PgConfig::from_str(url).map_err(|e| {
+    PgConfig::from_str(&tls::split(url).0).map_err(|e| {
         // tokio-postgres errors describe the syntax problem, not the value.
         DbError::BadUrl(e.to_string())
     })
+}
+
+/// The TLS connector for `url`'s `sslmode` and `sslrootcert`.
+pub fn tls_for(url: &str) -> Result<Tls, DbError> {
+    tls::connector(&tls::split(url).1)
+}
+
+/// A pool for `url` (parsed, with its TLS), without connecting.
+pub fn pool_for_url(url: &str, pool_size: usize) -> Result<DbPool, DbError> {
+    Ok(build_pool(parse_url(url)?, tls_for(url)?, pool_size))
 }
 
 /// A printable description of where we connect: hosts, ports and database, never the password.
@@ -83,8 +101,8 @@ pub fn describe(cfg: &PgConfig) -> String {
 }
 
 /// Connects once, creating the database when the server says it does not exist.
-async fn connect_once(cfg: &PgConfig) -> Result<(), tokio_postgres::Error> {
-    match cfg.connect(NoTls).await {
+async fn connect_once(cfg: &PgConfig, tls: &Tls) -> Result<(), tokio_postgres::Error> {
+    match cfg.connect(tls.clone()).await {
         Ok((client, conn)) => {
             drop(client);
             drop(conn);
@@ -96,7 +114,7 @@ async fn connect_once(cfg: &PgConfig) -> Result<(), tokio_postgres::Error> {
             };
             let mut admin = cfg.clone();
             admin.dbname("postgres");
-            let (client, conn) = admin.connect(NoTls).await?;
+            let (client, conn) = admin.connect(tls.clone()).await?;
             let driver = tokio::spawn(conn);
             let quoted = format!("\"{}\"", name.replace('"', "\"\""));
             match client
@@ -111,7 +129,7 @@ async fn connect_once(cfg: &PgConfig) -> Result<(), tokio_postgres::Error> {
             }
             drop(client);
             let _ = driver.await;
-            let (client, conn) = cfg.connect(NoTls).await?;
+            let (client, conn) = cfg.connect(tls.clone()).await?;
             drop(client);
             drop(conn);
             Ok(())
@@ -127,10 +145,11 @@ pub async fn connect_with_retry(
     timeout: Duration,
 ) -> Result<DbPool, DbError> {
     let cfg = parse_url(url)?;
+    let tls = tls_for(url)?;
     let started = Instant::now();
     let mut delay = Duration::from_millis(100);
     loop {
-        match connect_once(&cfg).await {
+        match connect_once(&cfg, &tls).await {
             Ok(()) => break,
             Err(e) => {
                 let waited = started.elapsed();
@@ -147,17 +166,17 @@ pub async fn connect_with_retry(
             }
         }
     }
-    Ok(build_pool(cfg, pool_size))
+    Ok(build_pool(cfg, tls, pool_size))
 }
 
 /// Builds a pool without connecting (connections open on first use).
-pub fn build_pool(mut cfg: PgConfig, pool_size: usize) -> DbPool {
+pub fn build_pool(mut cfg: PgConfig, tls: Tls, pool_size: usize) -> DbPool {
     if cfg.get_application_name().is_none() {
         cfg.application_name("lettuce-worker");
     }
     let mgr = Manager::from_config(
         cfg,
-        NoTls,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -179,6 +198,14 @@ pub fn error_text(e: &tokio_postgres::Error) -> String {
         text = format!("{text}: {src}");
     }
     text
+}
+
+/// A pool error with the cause of a failed connection (e.g. the TLS verification failure).
+fn pool_error_text(e: &deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(pe) => error_text(pe),
+        other => other.to_string(),
+    }
 }
 
 /// True for errors that mean "the connection is gone" rather than "the statement is wrong".

@@ -150,8 +150,10 @@ pub async fn run(
     let listener_stats = Arc::new(ListenerStats::default());
     deps.metrics.set_listener(listener_stats.clone());
     let pg_config = db::parse_url(config.database_url.expose())?;
+    let tls = db::tls_for(config.database_url.expose())?;
     background.spawn(db::listener::run(
         pg_config,
+        tls,
         wakers.clone(),
         listener_stats.clone(),
         stop_background.clone(),

@@ -170,8 +170,7 @@ struct Bench {
 async fn fresh_db(with_schema: bool) -> Result<(TestDb, Client)> {
     let db = TestDb::new().await;
     if with_schema {
-        let cfg = lettuce_worker::db::parse_url(&db.url)?;
-        let pool = lettuce_worker::db::build_pool(cfg, 1);
+        let pool = lettuce_worker::db::pool_for_url(&plain(&db.url), 1)?;
         lettuce_worker::db::schema::apply(&pool, false).await?;
     }
     let client = db.client().await;
@@ -337,6 +336,12 @@ async fn wait_empty(c: &Client, sql: &str, limit: Duration) -> Result<Instant> {
     }
 }
 
+/// `url` with `sslmode=disable`: the benchmarks compare plain loopback connections.
+fn plain(url: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}sslmode=disable")
+}
+
 /// Work left for our worker: any row in the queue table (finished ones are in the history).
 const OURS_LEFT: &str = "SELECT EXISTS (SELECT 1 FROM lettuce.job_queue)";
 const GRAPHILE_LEFT: &str = "SELECT EXISTS (SELECT 1 FROM graphile_worker._private_jobs)";
@@ -405,6 +410,8 @@ impl Bench {
     /// runtime's "worker ready" line), production timings otherwise.
     fn worker_env(&self, db: &TestDb) -> Vec<(String, String)> {
         let mut env: BTreeMap<String, String> = db.env().into_iter().collect();
+        // Plain TCP on loopback, like the peer (node-postgres does not use TLS by default).
+        env.insert("DATABASE_URL".into(), plain(&db.url));
         for k in [
             "LETTUCE_RETRY_BASE_MS",
             "LETTUCE_RETRY_MAX_MS",
@@ -650,8 +657,7 @@ impl Bench {
         let (db, c) = fresh_db(true).await?;
         enqueue_rust(&c, n, 5000).await?;
         settle(&c).await?;
-        let cfg = lettuce_worker::db::parse_url(&db.url)?;
-        let pool = lettuce_worker::db::build_pool(cfg, 2);
+        let pool = lettuce_worker::db::pool_for_url(&plain(&db.url), 2)?;
         let kinds = vec!["diag.noop".to_string()];
         let start = Instant::now();
         let loops = (0..2).map(|i| {
