@@ -492,12 +492,13 @@ async fn database_checks(config: &Config, offline: bool) -> Vec<Check> {
     let (pg, tls) = match parsed {
         Ok(pair) => pair,
         Err(e) => {
-            let mut v = vec![hinted(
-                "db.connect",
-                Level::Fail,
-                e.to_string(),
-                "DATABASE_URL must be a postgres:// URL or key=value connection string",
-            )];
+            let hint = match e {
+                db::DbError::Tls(_) => {
+                    "sslrootcert must name a readable PEM file of CA certificates (or drop it to use the system roots)"
+                }
+                _ => "DATABASE_URL must be a postgres:// URL or key=value connection string",
+            };
+            let mut v = vec![hinted("db.connect", Level::Fail, e.to_string(), hint)];
             v.extend(skipped(1, "no connection"));
             return v;
         }
