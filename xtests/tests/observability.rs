@@ -46,17 +46,27 @@ fn random_traceparent() -> (String, String, String) {
     (format!("00-{trace}-{span}-01"), trace, span)
 }
 
-// A current-thread runtime keeps every task of the in-process worker on this thread, so the
-// thread-local subscriber below sees all of them.
-#[tokio::test(flavor = "current_thread")]
-async fn in_memory_spans_for_completed_failed_and_panicked_attempts() {
+/// The real exporter layer over an in-memory exporter, installed for this thread only.
+fn in_memory_tracing() -> (
+    InMemorySpanExporter,
+    SdkTracerProvider,
+    tracing::subscriber::DefaultGuard,
+) {
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
         .build();
-    let _sub = tracing::subscriber::set_default(
+    let guard = tracing::subscriber::set_default(
         tracing_subscriber::registry().with(otel_layer(&provider)),
     );
+    (exporter, provider, guard)
+}
+
+// A current-thread runtime keeps every task of the in-process worker on this thread, so the
+// thread-local subscriber below sees all of them.
+#[tokio::test(flavor = "current_thread")]
+async fn in_memory_spans_for_completed_failed_and_panicked_attempts() {
+    let (exporter, provider, _sub) = in_memory_tracing();
 
     let db = TestDb::new().await;
     let worker = xtests::InProcessWorker::start(&db.env()).await;
@@ -184,13 +194,7 @@ async fn in_memory_spans_for_completed_failed_and_panicked_attempts() {
 // Same single-thread set-up as above, so the part uploads on their own tasks are seen too.
 #[tokio::test(flavor = "current_thread")]
 async fn s3_requests_are_client_spans_under_the_job_span() {
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .build();
-    let _sub = tracing::subscriber::set_default(
-        tracing_subscriber::registry().with(otel_layer(&provider)),
-    );
+    let (exporter, provider, _sub) = in_memory_tracing();
     let moto = MotoServer::start("lettuce").await;
     let db = TestDb::new().await;
     let mut env = db.env();

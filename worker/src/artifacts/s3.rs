@@ -38,6 +38,7 @@ pub const PART_SIZE: usize = 8 * 1024 * 1024;
 pub const PARTS_IN_FLIGHT: usize = 2;
 
 /// A bucket and the client that reaches it.
+#[derive(Clone)]
 pub struct S3Store {
     client: Client,
     bucket: String,
@@ -91,10 +92,27 @@ impl S3Store {
         })
     }
 
-    /// The client span of one request on `key`.
-    fn span(&self, operation: &'static str, method: &'static str, key: &str) -> tracing::Span {
+    /// Sends one request on `key` inside its client span and records how it ended. The span is
+    /// created here, at the call, so it is the child of the caller's span even when the
+    /// returned future runs on another task.
+    fn traced<T, E, F>(
+        &self,
+        operation: &'static str,
+        method: &'static str,
+        key: &str,
+        request: F,
+    ) -> impl Future<Output = Result<T, SdkError<E, HttpResponse>>> + use<T, E, F>
+    where
+        E: std::error::Error + Send + Sync + 'static,
+        F: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+    {
         let url = format!("{}/{key}", self.url_base);
-        crate::telemetry::s3_client_span(operation, method, &url, &self.bucket, key)
+        let span = crate::telemetry::s3_client_span(operation, method, &url, &self.bucket, key);
+        async move {
+            let result = request.instrument(span.clone()).await;
+            record_outcome(&span, &result);
+            result
+        }
     }
 
     pub fn describe(&self) -> String {
@@ -172,20 +190,18 @@ impl S3Store {
         let first = cancellable(cancel, read_part(&mut body, &mut hasher)).await?;
         if first.len() < PART_SIZE {
             let len = first.len() as i64;
-            let span = self.span("PutObject", "PUT", key);
+            let request = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .content_length(len)
+                .body(ByteStream::from(first))
+                .send();
             let out = cancellable(cancel, async {
-                let result = self
-                    .client
-                    .put_object()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .content_length(len)
-                    .body(ByteStream::from(first))
-                    .send()
-                    .instrument(span.clone())
-                    .await;
-                record_outcome(&span, &result);
-                result.map_err(|e| self.classify("PutObject", e))
+                self.traced("PutObject", "PUT", key, request)
+                    .await
+                    .map_err(|e| self.classify("PutObject", e))
             })
             .await?;
             let (size, sha256) = hasher.finish();
@@ -197,18 +213,16 @@ impl S3Store {
             });
         }
 
-        let span = self.span("CreateMultipartUpload", "POST", key);
+        let request = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .send();
         let created = cancellable(cancel, async {
-            let result = self
-                .client
-                .create_multipart_upload()
-                .bucket(&self.bucket)
-                .key(key)
-                .send()
-                .instrument(span.clone())
-                .await;
-            record_outcome(&span, &result);
-            result.map_err(|e| self.classify("CreateMultipartUpload", e))
+            self.traced("CreateMultipartUpload", "POST", key, request)
+                .await
+                .map_err(|e| self.classify("CreateMultipartUpload", e))
         })
         .await?;
         let upload_id = created
@@ -306,8 +320,7 @@ impl S3Store {
         parts: Vec<CompletedPart>,
         size: u64,
     ) -> Result<Option<String>, ArtifactError> {
-        let span = self.span("CompleteMultipartUpload", "POST", key);
-        let result = self
+        let request = self
             .client
             .complete_multipart_upload()
             .bucket(&self.bucket)
@@ -318,10 +331,10 @@ impl S3Store {
                     .set_parts(Some(parts))
                     .build(),
             )
-            .send()
-            .instrument(span.clone())
+            .send();
+        let result = self
+            .traced("CompleteMultipartUpload", "POST", key, request)
             .await;
-        record_outcome(&span, &result);
         let err = match result {
             Ok(out) => return Ok(out.e_tag().map(unquote)),
             Err(err) => err,
@@ -331,17 +344,16 @@ impl S3Store {
         if !unparsed_success {
             return Err(self.classify("CompleteMultipartUpload", err));
         }
-        let span = self.span("HeadObject", "HEAD", key);
-        let head = self
+        let request = self
             .client
             .head_object()
             .bucket(&self.bucket)
             .key(key)
-            .send()
-            .instrument(span.clone())
-            .await;
-        record_outcome(&span, &head);
-        let head = head.map_err(|e| self.classify("HeadObject", e))?;
+            .send();
+        let head = self
+            .traced("HeadObject", "HEAD", key, request)
+            .await
+            .map_err(|e| self.classify("HeadObject", e))?;
         if head.content_length() != Some(size as i64) {
             return Err(ArtifactError::Store {
                 operation: "CompleteMultipartUpload",
@@ -375,18 +387,12 @@ impl S3Store {
             .part_number(number)
             .content_length(bytes.len() as i64)
             .body(ByteStream::from(bytes));
-        let classifier = S3Store {
-            client: self.client.clone(),
-            bucket: self.bucket.clone(),
-            endpoint: self.endpoint.clone(),
-            url_base: self.url_base.clone(),
-        };
-        // Created here, so it is the child of the caller's span even on another task.
-        let span = self.span("UploadPart", "PUT", key);
+        let classifier = self.clone();
+        let sent = self.traced("UploadPart", "PUT", key, request.send());
         async move {
-            let result = request.send().instrument(span.clone()).await;
-            record_outcome(&span, &result);
-            let out = result.map_err(|e| classifier.classify("UploadPart", e))?;
+            let out = sent
+                .await
+                .map_err(|e| classifier.classify("UploadPart", e))?;
             Ok(CompletedPart::builder()
                 .part_number(number)
                 .set_e_tag(out.e_tag().map(str::to_string))
@@ -395,17 +401,16 @@ impl S3Store {
     }
 
     pub async fn get_small(&self, key: &str) -> Result<Vec<u8>, ArtifactError> {
-        let span = self.span("GetObject", "GET", key);
-        let out = self
+        let request = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(key)
-            .send()
-            .instrument(span.clone())
-            .await;
-        record_outcome(&span, &out);
-        let out = out.map_err(|e| self.classify("GetObject", e))?;
+            .send();
+        let out = self
+            .traced("GetObject", "GET", key, request)
+            .await
+            .map_err(|e| self.classify("GetObject", e))?;
         let bytes = out.body.collect().await.map_err(|e| ArtifactError::Store {
             operation: "GetObject",
             detail: e.to_string(),
@@ -414,17 +419,15 @@ impl S3Store {
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), ArtifactError> {
-        let span = self.span("DeleteObject", "DELETE", key);
-        let result = self
+        let request = self
             .client
             .delete_object()
             .bucket(&self.bucket)
             .key(key)
-            .send()
-            .instrument(span.clone())
-            .await;
-        record_outcome(&span, &result);
-        result.map_err(|e| self.classify("DeleteObject", e))?;
+            .send();
+        self.traced("DeleteObject", "DELETE", key, request)
+            .await
+            .map_err(|e| self.classify("DeleteObject", e))?;
         Ok(())
     }
 }

@@ -56,7 +56,11 @@ pub fn split(url: &str) -> (String, TlsPolicy) {
     let mut take = |key: &str, value: &str| -> Option<String> {
         match (key, value) {
             ("sslrootcert", v) => {
-                policy.root_cert = Some(PathBuf::from(percent_decode(v)));
+                policy.root_cert = Some(PathBuf::from(
+                    percent_encoding::percent_decode_str(v)
+                        .decode_utf8_lossy()
+                        .into_owned(),
+                ));
                 None
             }
             ("sslmode", "verify-ca") => {
@@ -99,26 +103,6 @@ pub fn split(url: &str) -> (String, TlsPolicy) {
             .join(" ")
     };
     (rewritten, policy)
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(hex) = std::str::from_utf8(&bytes[i + 1..i + 3])
-            && let Ok(b) = u8::from_str_radix(hex, 16)
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Builds the connector for `policy`. Fails only on an unreadable or empty `sslrootcert`.
