@@ -1,6 +1,7 @@
 //! Liveness and readiness as shared state: written by boot and the runtime, read by `/healthz`
 //! and `/readyz`.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -18,6 +19,9 @@ enum Phase {
 pub struct Health {
     phase: Mutex<Phase>,
     pool: Mutex<Option<DbPool>>,
+    /// Conditions a running part of the process reports as "not ready", by a stable key (for
+    /// example `outcomes` when the completer cannot write): the general reason `/readyz` shows.
+    unready: Mutex<BTreeMap<&'static str, String>>,
 }
 
 impl Default for Health {
@@ -25,6 +29,7 @@ impl Default for Health {
         Health {
             phase: Mutex::new(Phase::Booting),
             pool: Mutex::new(None),
+            unready: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -43,6 +48,19 @@ impl Health {
         *self.phase.lock().expect("health lock") = Phase::Draining;
     }
 
+    /// Marks the process not ready for `key` with a general `reason` (no secrets, no details:
+    /// those go to the log). Replaces an earlier reason under the same key.
+    pub fn set_unready(&self, key: &'static str, reason: impl Into<String>) {
+        self.unready
+            .lock()
+            .expect("health lock")
+            .insert(key, reason.into());
+    }
+    /// The condition under `key` is over.
+    pub fn clear_unready(&self, key: &'static str) {
+        self.unready.lock().expect("health lock").remove(key);
+    }
+
     /// `Ok(())` when ready, else the reason.
     pub async fn readiness(&self) -> Result<(), String> {
         let phase = *self.phase.lock().expect("health lock");
@@ -50,6 +68,16 @@ impl Health {
             Phase::Booting => return Err("booting: gates, database or schema not done yet".into()),
             Phase::Draining => return Err("draining: shutting down".into()),
             Phase::Ready => {}
+        }
+        let reasons: Vec<String> = self
+            .unready
+            .lock()
+            .expect("health lock")
+            .values()
+            .cloned()
+            .collect();
+        if !reasons.is_empty() {
+            return Err(reasons.join("; "));
         }
         let pool = self.pool.lock().expect("health lock").clone();
         let Some(pool) = pool else {
