@@ -99,6 +99,11 @@ ALTER VIEW lettuce.jobs ALTER COLUMN errors SET DEFAULT '[]';
 CREATE OR REPLACE FUNCTION lettuce.jobs_view_write() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        -- A running attempt whose job an operator finishes by hand (`worker jobs cancel`, or
+        -- plain SQL) is told at once, on commit: its worker stops it (channel lettuce_control).
+        IF OLD.state = 'running' AND (TG_OP = 'DELETE' OR NEW.state <> 'running') THEN
+            PERFORM pg_notify('lettuce_control', 'cancel:' || OLD.id);
+        END IF;
         DELETE FROM lettuce.job_queue WHERE id = OLD.id;
         DELETE FROM lettuce.job_history WHERE id = OLD.id;
         IF TG_OP = 'DELETE' THEN

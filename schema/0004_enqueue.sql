@@ -13,15 +13,24 @@ CREATE OR REPLACE FUNCTION lettuce.enqueue(
 #variable_conflict use_column
 DECLARE
     new_id bigint;
+    problem text;
 BEGIN
-    IF enqueue.kind IS NULL OR enqueue.kind = '' THEN
-        RAISE EXCEPTION 'lettuce.enqueue: kind is required';
-    END IF;
+    -- The input limits: lettuce.job_limit_problem (0013_limits.sql, created later in the list;
+    -- plpgsql resolves it when called).
     IF enqueue.priority IS NULL OR enqueue.priority NOT BETWEEN -32768 AND 32767 THEN
-        RAISE EXCEPTION 'lettuce.enqueue: priority must be between -32768 and 32767';
+        RAISE EXCEPTION 'lettuce.enqueue: priority must be between -32768 and 32767'
+              USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF enqueue.max_attempts IS NULL OR enqueue.max_attempts < 1 THEN
-        RAISE EXCEPTION 'lettuce.enqueue: max_attempts must be at least 1';
+    problem := lettuce.job_limit_problem(enqueue.kind, coalesce(enqueue.queue, 'default'),
+                                         coalesce(enqueue.payload, '{}'), coalesce(enqueue.run_at, now()),
+                                         enqueue.max_attempts, enqueue.unique_key, enqueue.traceparent);
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION 'lettuce.enqueue: %', problem USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Numbers beyond a double's range are valid JSON but no client decodes them.
+    IF enqueue.payload @? 'strict $.** ? (@.type() == "number" && (@ > 1.7976931348623157e308 || @ < -1.7976931348623157e308))' THEN
+        RAISE EXCEPTION 'lettuce.enqueue: payload numbers must fit a 64-bit float'
+              USING ERRCODE = 'invalid_parameter_value';
     END IF;
     LOOP
         INSERT INTO lettuce.job_queue (kind, payload, queue, priority, run_at, max_attempts, unique_key, traceparent, state)

@@ -474,14 +474,14 @@ impl Config {
             s3,
             data_dir: PathBuf::from(p.string("CODEWAZE_DATA_DIR")),
             queues: p.queues("LETTUCE_QUEUES"),
-            poll_interval: p.millis("LETTUCE_POLL_INTERVAL_MS", 1),
-            db_connect_timeout: p.millis("LETTUCE_DB_CONNECT_TIMEOUT_MS", 0),
+            poll_interval: p.millis("LETTUCE_POLL_INTERVAL_MS", 1, HOUR_MS),
+            db_connect_timeout: p.millis("LETTUCE_DB_CONNECT_TIMEOUT_MS", 0, HOUR_MS),
             db_pool_size: p.count("LETTUCE_DB_POOL_SIZE"),
-            lease: p.millis("LETTUCE_LEASE_MS", 100),
-            job_timeout: p.millis("LETTUCE_JOB_TIMEOUT_MS", 1),
-            shutdown_grace: p.millis("LETTUCE_SHUTDOWN_GRACE_MS", 0),
-            retry_base: p.millis("LETTUCE_RETRY_BASE_MS", 0),
-            retry_max: p.millis("LETTUCE_RETRY_MAX_MS", 0),
+            lease: p.millis("LETTUCE_LEASE_MS", 100, HOUR_MS),
+            job_timeout: p.millis("LETTUCE_JOB_TIMEOUT_MS", 1, 7 * DAY_MS),
+            shutdown_grace: p.millis("LETTUCE_SHUTDOWN_GRACE_MS", 0, HOUR_MS),
+            retry_base: p.millis("LETTUCE_RETRY_BASE_MS", 0, DAY_MS),
+            retry_max: p.millis("LETTUCE_RETRY_MAX_MS", 0, 30 * DAY_MS),
             retention: p.retention("LETTUCE_JOB_RETENTION"),
             http_addr: p.http_addr("LETTUCE_HTTP_ADDR"),
             diag_jobs: p.bool("LETTUCE_DIAG_JOBS"),
@@ -513,6 +513,11 @@ impl Config {
         self.queues.iter().map(|q| q.concurrency).sum()
     }
 }
+
+const HOUR_MS: u64 = 3_600_000;
+const DAY_MS: u64 = 24 * HOUR_MS;
+/// Longest retention a finished state may be given (10 years).
+const MAX_RETENTION: Duration = Duration::from_secs(3650 * 86_400);
 
 /// Typed parsing that records a [`BadVar`] instead of failing, so all problems are reported.
 struct Parser<'a> {
@@ -559,14 +564,16 @@ impl Parser<'_> {
         }
     }
 
-    fn millis(&mut self, name: &str, min: u64) -> Duration {
+    /// Milliseconds between `min` and `max` (an upper bound keeps every later `now() + d`
+    /// and timer inside what Postgres and tokio represent).
+    fn millis(&mut self, name: &str, min: u64, max: u64) -> Duration {
         let value = self.string(name);
         match value.parse::<u64>() {
-            Ok(ms) if ms >= min => Duration::from_millis(ms),
+            Ok(ms) if (min..=max).contains(&ms) => Duration::from_millis(ms),
             _ => {
                 self.reject(
                     name,
-                    format!("`{value}` is not a whole number of milliseconds ≥ {min}"),
+                    format!("`{value}` is not a whole number of milliseconds from {min} to {max}"),
                 );
                 Duration::from_millis(min.max(1))
             }
@@ -687,13 +694,9 @@ pub fn parse_queues(value: &str) -> Result<Vec<QueueConfig>, String> {
             .split_once('=')
             .ok_or_else(|| format!("`{part}` is not a queue=concurrency pair"))?;
         let name = name.trim();
-        let valid_name = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-        if !valid_name {
+        if crate::limits::check_queue(name).is_err() {
             return Err(format!(
-                "`{name}` is not a queue name (letters, digits, _ - .)"
+                "`{name}` is not a queue name ([A-Za-z0-9_.:-], 1 to 64 characters)"
             ));
         }
         let concurrency = n
@@ -741,7 +744,14 @@ pub fn parse_retention(value: &str) -> Result<Retention, String> {
         discarded: Duration::from_secs(7 * 86_400),
         cancelled: Duration::from_secs(7 * 86_400),
     };
+    let too_long = |d: Duration| {
+        (d > MAX_RETENTION)
+            .then(|| format!("a retention of `{}` is longer than 3650d", value.trim()))
+    };
     if let Some(d) = parse_duration(value) {
+        if let Some(e) = too_long(d) {
+            return Err(e);
+        }
         return Ok(Retention {
             completed: d,
             discarded: d,
@@ -754,6 +764,9 @@ pub fn parse_retention(value: &str) -> Result<Retention, String> {
         })?;
         let d = parse_duration(d)
             .ok_or_else(|| format!("`{}` is not a duration like 30s, 15m, 24h, 7d", d.trim()))?;
+        if let Some(e) = too_long(d) {
+            return Err(e);
+        }
         match state.trim() {
             "completed" => r.completed = d,
             "discarded" => r.discarded = d,
@@ -929,6 +942,8 @@ mod tests {
         assert_eq!(r.completed, Duration::from_secs(3600));
         assert_eq!(r.discarded, Duration::from_secs(7 * 86_400));
         assert!(parse_retention("completed=soon").is_err());
+        assert!(parse_retention("99999d").unwrap_err().contains("3650d"));
+        assert!(parse_retention("completed=3650d").is_ok());
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
     }
 

@@ -4,7 +4,7 @@
 //! in order; `db` holds every SQL statement; `runtime` claims, runs and completes jobs;
 //! `handlers` are the job kinds; `artifacts` is where they write what they produce; `http` and
 //! `health` answer probes; `telemetry` sets up logging and OTLP tracing; `metrics` is the
-//! Prometheus registry; `cli` is the command line.
+//! Prometheus registry; `limits` holds the input limits; `cli` is the command line.
 
 pub mod artifacts;
 pub mod boot;
@@ -14,6 +14,7 @@ pub mod db;
 pub mod handlers;
 pub mod health;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod runtime;
 pub mod secrets;

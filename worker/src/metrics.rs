@@ -47,6 +47,11 @@ struct QueueLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabel {
+    task: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueueState {
     queue: String,
     state: String,
@@ -74,6 +79,7 @@ pub struct Metrics {
     in_flight: Family<QueueLabel, Gauge>,
     queue_depth: Family<QueueState, Gauge>,
     listen_reconnects: Counter,
+    task_restarts: Family<TaskLabel, Counter>,
     /// The pool the depth query uses; set once the schema is applied.
     pool: Mutex<Option<DbPool>>,
     /// The listener's counters; set when the runtime starts it.
@@ -97,6 +103,12 @@ impl Default for Metrics {
         let in_flight = Family::<QueueLabel, Gauge>::default();
         let queue_depth = Family::<QueueState, Gauge>::default();
         let listen_reconnects = Counter::default();
+        let task_restarts = Family::<TaskLabel, Counter>::default();
+        registry.register(
+            "lettuce_task_restarts",
+            "Long-running tasks of this process (producers, lease keeper, listener, completer, maintenance) that ended unexpectedly or panicked and were restarted",
+            task_restarts.clone(),
+        );
         registry.register(
             "lettuce_jobs_finished",
             "Attempts finished, by job kind and outcome",
@@ -135,6 +147,7 @@ impl Default for Metrics {
             in_flight,
             queue_depth,
             listen_reconnects,
+            task_restarts,
             pool: Mutex::new(None),
             listener: Mutex::new(None),
         }
@@ -181,6 +194,16 @@ impl Metrics {
                 kind: kind.to_string(),
             })
             .observe(took.as_secs_f64());
+    }
+
+    /// A supervised task (`producer:<queue>`, `lease`, `listener`, `completer`, a maintenance
+    /// task's name) ended unexpectedly and is being restarted.
+    pub fn task_restarted(&self, task: &str) {
+        self.task_restarts
+            .get_or_create(&TaskLabel {
+                task: task.to_string(),
+            })
+            .inc();
     }
 
     /// Refreshes the scrape-time values and renders every metric as OpenMetrics text.

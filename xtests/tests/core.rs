@@ -217,7 +217,10 @@ async fn enqueue_function_dedupes_unique_keys_and_notifies_on_commit() {
         .query_one("SELECT lettuce.enqueue('')", &[])
         .await
         .unwrap_err();
-    assert!(format!("{err:?}").contains("kind is required"), "{err:?}");
+    assert!(
+        format!("{err:?}").contains("kind must match [a-z0-9_.:-]{1,128}"),
+        "{err:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -40,9 +40,6 @@ pub async fn run(args: Args, config: Config) -> ExitCode {
         .queue(args.queue)
         .priority(args.priority)
         .max_attempts(args.max_attempts);
-    if args.max_attempts < 1 {
-        return fail("error: --max-attempts must be at least 1", 2);
-    }
     if let Some(at) = args.run_at {
         match OffsetDateTime::parse(&at, &Rfc3339) {
             Ok(t) => job = job.run_at(t),
@@ -51,6 +48,16 @@ pub async fn run(args: Args, config: Config) -> ExitCode {
     }
     if let Some(k) = args.unique_key {
         job = job.unique_key(k);
+    }
+    // The limits the database also enforces (README "Limits"), named by their flag.
+    if let Err(e) = job.check() {
+        let flag = match e.field {
+            "max_attempts" => "--max-attempts".to_string(),
+            "unique_key" => "--unique-key".to_string(),
+            "kind" => "KIND".to_string(),
+            other => format!("--{other}"),
+        };
+        return fail(&format!("error: {flag}: {e}"), 2);
     }
     let pool = match connect_for_command(&config).await {
         Ok(p) => p,

@@ -15,9 +15,13 @@ use tokio_postgres::types::Type;
 use tracing::Instrument;
 
 use super::{DbError, DbPool};
+use crate::limits::{self, LimitError};
 
 /// Postgres NOTIFY channel; the payload is the queue name.
 pub const CHANNEL: &str = "lettuce_jobs";
+/// Postgres NOTIFY channel for control messages to running workers (`cancel:<id>`, sent by the
+/// `lettuce.jobs` view trigger when a running job is finished by hand).
+pub const CONTROL_CHANNEL: &str = "lettuce_control";
 
 /// A job to enqueue through the Rust API.
 #[derive(Debug, Clone)]
@@ -72,6 +76,15 @@ impl NewJob {
         self.traceparent = Some(tp.into());
         self
     }
+
+    /// The first input limit this job breaks (README "Limits"); the database checks the same.
+    pub fn check(&self) -> Result<(), LimitError> {
+        limits::check_kind(&self.kind)?;
+        limits::check_queue(&self.queue)?;
+        limits::check_max_attempts(self.max_attempts)?;
+        limits::check_lengths(self.unique_key.as_deref(), self.traceparent.as_deref())?;
+        limits::check_payload(&self.payload)
+    }
 }
 
 /// Enqueues one job inside the caller's transaction (or autocommit client) via
@@ -80,6 +93,7 @@ impl NewJob {
 /// With no `traceparent` set, the current span's context is stored, so the job's span becomes
 /// its child.
 pub async fn enqueue(client: &impl GenericClient, job: &NewJob) -> Result<i64, DbError> {
+    job.check()?;
     let traceparent = job
         .traceparent
         .clone()
@@ -109,6 +123,9 @@ pub async fn enqueue_many(
     client: &impl GenericClient,
     jobs: &[NewJob],
 ) -> Result<Vec<i64>, DbError> {
+    for job in jobs {
+        job.check()?;
+    }
     let mut ids = vec![0i64; jobs.len()];
     // Jobs without their own traceparent carry the caller's current one (see `enqueue`).
     let ambient = if jobs.iter().any(|j| j.traceparent.is_none()) {
@@ -207,6 +224,9 @@ pub struct ClaimedJob {
     pub run_at: OffsetDateTime,
     pub attempted_at: OffsetDateTime,
     pub traceparent: Option<String>,
+    /// Set when a field of the row could not be decoded (named in the text): the job is
+    /// discarded without running.
+    pub undecodable: Option<String>,
 }
 
 /// `job_queue_fetch_idx` has no predicate on `state` (so this UPDATE changes no indexed column
@@ -273,23 +293,59 @@ async fn claim_batch_sql(
     let rows = client
         .query(&stmt, &[&queue, &kinds, &limit, &worker_id, &lease_ms])
         .await?;
-    let mut jobs: Vec<ClaimedJob> = rows
-        .iter()
-        .map(|r| ClaimedJob {
-            id: r.get(0),
-            kind: r.get(1),
-            queue: r.get(2),
-            payload: r.get(3),
-            priority: r.get(4),
-            attempt: r.get(5),
-            max_attempts: r.get(6),
-            run_at: r.get(7),
-            attempted_at: r.get(8),
-            traceparent: r.get(9),
-        })
-        .collect();
+    let mut jobs: Vec<ClaimedJob> = rows.iter().map(claimed_job).collect();
     jobs.sort_by_key(|j| (j.priority, j.run_at, j.id));
     Ok(jobs)
+}
+
+/// Decodes one claimed row without ever panicking. The id, attempt and counters are integers
+/// Postgres always hands over; a field Rust cannot decode (a number beyond a double in the
+/// payload, nesting deeper than the JSON decoder allows, a text column in another encoding)
+/// yields a job whose `undecodable` names the field, which the runtime discards unrun.
+fn claimed_job(r: &tokio_postgres::Row) -> ClaimedJob {
+    let mut problem: Option<String> = None;
+    let mut field = |name: &str, e: tokio_postgres::Error| {
+        let source = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+        problem.get_or_insert_with(|| format!("{name} cannot be decoded: {source}"));
+    };
+    let now = OffsetDateTime::now_utc();
+    let kind = r.try_get(1).unwrap_or_else(|e| {
+        field("kind", e);
+        String::new()
+    });
+    let queue = r.try_get(2).unwrap_or_else(|e| {
+        field("queue", e);
+        String::new()
+    });
+    let payload = r.try_get(3).unwrap_or_else(|e| {
+        field("payload", e);
+        Value::Null
+    });
+    let run_at = r.try_get(7).unwrap_or_else(|e| {
+        field("run_at", e);
+        now
+    });
+    let attempted_at = r.try_get(8).unwrap_or_else(|e| {
+        field("attempted_at", e);
+        now
+    });
+    let traceparent = r.try_get(9).unwrap_or_else(|e| {
+        field("traceparent", e);
+        None
+    });
+    ClaimedJob {
+        id: r.get(0),
+        kind,
+        queue,
+        payload,
+        priority: r.get(4),
+        attempt: r.get(5),
+        max_attempts: r.get(6),
+        run_at,
+        attempted_at,
+        traceparent,
+        undecodable: problem,
+    }
 }
 
 /// The row an outcome turns into, written by [`complete_batch`].
@@ -712,31 +768,49 @@ pub struct JobRow {
     pub errors: Value,
     pub unique_key: Option<String>,
     pub traceparent: Option<String>,
+    /// Fields of the stored row that could not be decoded (shown with a placeholder).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 const JOB_COLUMNS: &str =
     "id, kind, queue, payload, priority, state, attempt, max_attempts, run_at, created_at,
     attempted_at, finished_at, locked_by, lease_expires_at, errors, unique_key, traceparent";
 
+/// Decodes a row for the CLI without ever panicking: a field that cannot be decoded (a payload
+/// number beyond a double, nesting deeper than the decoder allows, an infinite time) is shown
+/// as a placeholder and named in `problems`.
 fn job_row(r: &tokio_postgres::Row) -> JobRow {
+    let mut problems = Vec::new();
+    macro_rules! field {
+        ($i:expr, $name:expr, $fallback:expr) => {
+            r.try_get($i).unwrap_or_else(|e: tokio_postgres::Error| {
+                let why =
+                    std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+                problems.push(format!("{} cannot be decoded: {why}", $name));
+                $fallback
+            })
+        };
+    }
     JobRow {
         id: r.get(0),
-        kind: r.get(1),
-        queue: r.get(2),
-        payload: r.get(3),
+        kind: field!(1, "kind", String::new()),
+        queue: field!(2, "queue", String::new()),
+        payload: field!(3, "payload", Value::Null),
         priority: r.get(4),
-        state: r.get(5),
+        state: field!(5, "state", String::new()),
         attempt: r.get(6),
         max_attempts: r.get(7),
-        run_at: r.get(8),
-        created_at: r.get(9),
-        attempted_at: r.get(10),
-        finished_at: r.get(11),
-        locked_by: r.get(12),
-        lease_expires_at: r.get(13),
-        errors: r.get(14),
-        unique_key: r.get(15),
-        traceparent: r.get(16),
+        run_at: field!(8, "run_at", OffsetDateTime::UNIX_EPOCH),
+        created_at: field!(9, "created_at", OffsetDateTime::UNIX_EPOCH),
+        attempted_at: field!(10, "attempted_at", None),
+        finished_at: field!(11, "finished_at", None),
+        locked_by: field!(12, "locked_by", None),
+        lease_expires_at: field!(13, "lease_expires_at", None),
+        errors: field!(14, "errors", Value::Null),
+        unique_key: field!(15, "unique_key", None),
+        traceparent: field!(16, "traceparent", None),
+        problems,
     }
 }
 
@@ -823,8 +897,9 @@ pub async fn retry(client: &impl GenericClient, id: i64) -> Result<JobRow, Steer
     }
 }
 
-/// Cancels a job that has not finished. A running attempt loses its lease at the worker's next
-/// heartbeat and its late completion is fenced off.
+/// Cancels a job that has not finished. A running attempt is told on commit (the view trigger's
+/// `lettuce_control` NOTIFY) and stopped by its worker; should the notification be lost, the
+/// worker's next lease heartbeat finds the job gone, and a late completion is fenced off.
 pub async fn cancel(
     client: &impl GenericClient,
     id: i64,

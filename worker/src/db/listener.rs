@@ -1,5 +1,6 @@
 //! The dedicated LISTEN connection. It only keeps LISTEN alive and turns notifications into
-//! wake-ups; it never claims anything.
+//! wake-ups (`lettuce_jobs`, payload the queue) and control messages (`lettuce_control`,
+//! e.g. `cancel:<id>` when an operator cancels a running job); it never claims anything.
 //!
 //! deadpool's connections drop notifications (the pool drives each connection as a plain
 //! future), so LISTEN lives on one connection of its own, driven with `poll_message`. When it
@@ -15,10 +16,25 @@ use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Config as PgConfig};
 use tokio_util::sync::CancellationToken;
 
-use super::jobs::CHANNEL;
+use super::jobs::{CHANNEL, CONTROL_CHANNEL};
 
 /// Wake-up handles per queue name, shared with the producers.
 pub type Wakers = Arc<HashMap<String, Arc<Notify>>>;
+
+/// A message on [`CONTROL_CHANNEL`] for the runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// An operator finished (cancelled) this running job by hand: stop its attempt.
+    Cancel(i64),
+}
+
+impl Control {
+    /// Parses a `lettuce_control` payload (`cancel:<id>`); anything else is ignored.
+    pub fn parse(payload: &str) -> Option<Control> {
+        let id = payload.strip_prefix("cancel:")?.parse().ok()?;
+        Some(Control::Cancel(id))
+    }
+}
 
 /// Counts shared with `/metrics` and tests.
 #[derive(Debug, Default)]
@@ -28,11 +44,18 @@ pub struct ListenerStats {
     pub notifications: AtomicU64,
 }
 
+/// A notification, by channel.
+enum Message {
+    Wake(String),
+    Control(String),
+}
+
 /// Runs until `stop` is cancelled.
 pub async fn run(
     mut cfg: PgConfig,
     tls: super::Tls,
     wakers: Wakers,
+    control: tokio::sync::mpsc::UnboundedSender<Control>,
     stats: Arc<ListenerStats>,
     stop: CancellationToken,
 ) {
@@ -64,7 +87,12 @@ pub async fn run(
             while let Some(msg) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
                 match msg {
                     Ok(AsyncMessage::Notification(n)) => {
-                        if tx.send(Some(n.payload().to_string())).is_err() {
+                        let message = if n.channel() == CONTROL_CHANNEL {
+                            Message::Control(n.payload().to_string())
+                        } else {
+                            Message::Wake(n.payload().to_string())
+                        };
+                        if tx.send(Some(message)).is_err() {
                             break;
                         }
                     }
@@ -77,7 +105,10 @@ pub async fn run(
             }
             let _ = tx.send(None);
         });
-        if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+        if let Err(e) = client
+            .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {CONTROL_CHANNEL}"))
+            .await
+        {
             tracing::warn!(error = %super::error_text(&e), "LISTEN failed; reconnecting");
             driver.abort();
             tokio::time::sleep(delay).await;
@@ -100,10 +131,16 @@ pub async fn run(
                     return;
                 }
                 msg = rx.recv() => match msg {
-                    Some(Some(queue)) => {
+                    Some(Some(Message::Wake(queue))) => {
                         stats.notifications.fetch_add(1, Ordering::Relaxed);
                         if let Some(w) = wakers.get(&queue) {
                             w.notify_one();
+                        }
+                    }
+                    Some(Some(Message::Control(payload))) => {
+                        if let Some(c) = Control::parse(&payload) {
+                            // The runtime outlives the listener; a send can only fail in teardown.
+                            let _ = control.send(c);
                         }
                     }
                     _ => {

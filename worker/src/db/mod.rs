@@ -48,6 +48,9 @@ pub enum DbError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("database TLS: {0}")]
     Tls(String),
+    /// A job input outside its limit, refused before any statement ran.
+    #[error("{0}")]
+    Limit(#[from] crate::limits::LimitError),
 }
 
 /// Parses `DATABASE_URL` without ever echoing it (it may hold a password).

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `diag.noop` | anything | completes |
 //! | `diag.sleep` | `{"ms": N}` | sleeps N ms, then completes |
-//! | `diag.fail` | `{"times": N}` | fails attempts 1..=N, then completes |
+//! | `diag.fail` | `{"times": N}` (+ optional `"message"`, `"repeat"`) | fails attempts 1..=N (with `message` repeated `repeat` times as the error, when given), then completes |
 //! | `diag.panic` | anything | panics |
 //! | `diag.record` | anything | inserts `(job_id, attempt, worker_id, at)` into `lettuce.diag_executions` |
 //! | `diag.snooze` | `{"ms": N}` | records an execution; snoozes N ms the first time, then completes |
@@ -63,6 +63,13 @@ impl Handler for Sleep {
 #[serde(deny_unknown_fields)]
 pub struct FailPayload {
     pub times: i32,
+    /// The error text instead of the default one, repeated `repeat` times (at most 64 MiB in
+    /// all), `\0` standing for a NUL: for tests of what the runtime does with hostile error
+    /// texts.
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub repeat: Option<usize>,
 }
 
 pub struct Fail;
@@ -71,6 +78,12 @@ impl Handler for Fail {
     type Payload = FailPayload;
     async fn run(&self, ctx: JobContext, p: FailPayload) -> Result<(), HandlerError> {
         if ctx.job.attempt <= p.times {
+            if let Some(m) = p.message {
+                // JSON in Postgres cannot hold NUL, so `\0` in the message stands for one.
+                let m = m.replace("\\0", "\0");
+                let n = p.repeat.unwrap_or(1).min((64 << 20) / m.len().max(1));
+                return Err(HandlerError::Retryable(m.repeat(n)));
+            }
             return Err(HandlerError::Retryable(format!(
                 "diag.fail: attempt {} of {} planned failures",
                 ctx.job.attempt, p.times

@@ -1,12 +1,20 @@
 //! The only writer of outcomes. Collects finished attempts and writes them in batches (one
-//! statement over `unnest(…)` per batch, see `db::jobs::complete_batch`), retrying transient
-//! database errors, then releases the attempts' slots. Writes are fenced; a refused write is
-//! logged as a late completion.
+//! statement over `unnest(…)` per batch, see `db::jobs::complete_batch`), then releases the
+//! attempts' slots. Writes are fenced; a fenced write is logged as a late completion.
+//!
+//! Failure model (no outcome can wedge the worker):
+//! - connection-class errors are retried with backoff for at most one lease; past that the
+//!   batch is abandoned (its leases are no longer extended, its slots freed, rescue re-runs
+//!   the jobs) and `/readyz` reports `outcomes` until a write is accepted again;
+//! - any other error means the database refused something in the batch: the batch is halved
+//!   until the refused outcomes stand alone, each is written as `discarded` with the database's
+//!   reason, and abandoned if even that is refused; the rest are written normally;
+//! - error texts and delays are made storable before any of this (`Outcome::completion`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -14,6 +22,10 @@ use tokio_util::sync::CancellationToken;
 use super::outcome::Outcome;
 use super::{Shared, jitter};
 use crate::db::jobs::{ArtifactRow, ClaimedJob, Completion};
+use crate::db::{self, DbError};
+
+/// The `/readyz` condition set while outcomes cannot be written.
+const UNREADY_KEY: &str = "outcomes";
 
 /// Largest batch written in one statement.
 pub(crate) const MAX_BATCH: usize = 1000;
@@ -31,6 +43,8 @@ pub(crate) struct Finished {
     pub outcome: Outcome,
     /// Held until the outcome is written; dropping it frees the slot.
     pub slot: OwnedSemaphorePermit,
+    /// How long the attempt ran, for the metrics counted once the write is accepted.
+    pub ran_for: Duration,
 }
 
 /// Writes outcomes until `closed` fires (every executor has finished) and the channel is empty.
@@ -41,6 +55,7 @@ pub(crate) async fn run(
     max_batch: usize,
 ) {
     let mut batch: Vec<Finished> = Vec::with_capacity(max_batch);
+    let mut state = WriteState::default();
     loop {
         let first = tokio::select! {
             biased;
@@ -59,11 +74,158 @@ pub(crate) async fn run(
                 Err(_) => break,
             }
         }
-        write(&shared, &mut batch).await;
+        let written = super::supervise::catch_panic(write(&shared, &mut state, &mut batch)).await;
+        if let Err(panic) = written {
+            // Restarting the completer means carrying on with the next batch; this one's
+            // leases are no longer extended and rescue runs the jobs again.
+            tracing::error!(panic = %panic, batch = batch.len(), "writing outcomes panicked; leaving this batch to rescue");
+            shared.metrics.task_restarted("completer");
+            let mut inflight = shared.inflight.lock().expect("inflight lock");
+            for f in &batch {
+                inflight.remove(&f.job.id);
+            }
+            drop(inflight);
+            batch.clear();
+        }
     }
 }
 
-async fn write(shared: &Shared, batch: &mut Vec<Finished>) {
+/// How the completer stands with the database, across batches.
+#[derive(Default)]
+pub(crate) struct WriteState {
+    /// Since when writes have been failing, if they are.
+    failing_since: Option<Instant>,
+}
+
+/// What became of one outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Written, with this state.
+    Accepted(&'static str),
+    /// Fenced off: the job was rescued, cancelled or reassigned since the claim.
+    Fenced,
+    /// Could not be written at all: its lease is left to expire and rescue takes over.
+    Abandoned,
+}
+
+/// Why a write attempt stopped.
+enum WriteError {
+    /// The database refused the statement (not a connection problem): isolate.
+    Refused(DbError),
+    /// Connection-class errors for longer than a lease: give up on this part.
+    Unreachable,
+}
+
+/// Writes `part` (one statement, with its artifact rows), retrying connection-class errors with
+/// backoff for at most one lease. `/readyz` turns unready once writes have failed for longer
+/// than a lease and ready again at the first accepted write.
+async fn write_part(
+    shared: &Shared,
+    state: &mut WriteState,
+    part: &[Completion],
+    artifacts: &[ArtifactRow],
+) -> Result<Vec<i64>, WriteError> {
+    let ids: HashSet<i64> = part.iter().map(|c| c.id).collect();
+    let arts: Vec<ArtifactRow> = artifacts
+        .iter()
+        .filter(|a| ids.contains(&a.job_id))
+        .cloned()
+        .collect();
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let result =
+            crate::db::jobs::complete_batch(&shared.pool, &shared.worker.id, part, &arts).await;
+        match result {
+            Ok(accepted) => {
+                if state.failing_since.take().is_some() {
+                    shared.health.clear_unready(UNREADY_KEY);
+                    tracing::info!("job outcomes are being written again");
+                }
+                return Ok(accepted);
+            }
+            Err(e) if !db::is_connection_error(&e) => return Err(WriteError::Refused(e)),
+            Err(e) => {
+                let since = *state.failing_since.get_or_insert(started);
+                if since.elapsed() > shared.config.lease {
+                    shared.health.set_unready(
+                        UNREADY_KEY,
+                        "job outcomes cannot be written to the database",
+                    );
+                }
+                if started.elapsed() > shared.config.lease {
+                    tracing::error!(error = %e, batch = part.len(), "writing outcomes failed for longer than a lease; giving up on them");
+                    return Err(WriteError::Unreachable);
+                }
+                tracing::warn!(error = %e, batch = part.len(), "writing outcomes failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// The failure model: the whole batch in one statement; when the database refuses it, halves
+/// until the refused outcomes stand alone; each of those is written once more as `discarded`
+/// with the database's reason, and abandoned (left to rescue) if even that is refused.
+async fn write_all(
+    shared: &Shared,
+    state: &mut WriteState,
+    completions: Vec<Completion>,
+    artifacts: &[ArtifactRow],
+) -> HashMap<i64, Fate> {
+    let mut fates = HashMap::with_capacity(completions.len());
+    // (part, whether it is already the discarded fallback of a refused outcome)
+    let mut pending: Vec<(Vec<Completion>, bool)> = vec![(completions, false)];
+    while let Some((part, fallback)) = pending.pop() {
+        match write_part(shared, state, &part, artifacts).await {
+            Ok(accepted) => {
+                let accepted: HashSet<i64> = accepted.into_iter().collect();
+                for c in &part {
+                    let fate = if accepted.contains(&c.id) {
+                        Fate::Accepted(c.state)
+                    } else {
+                        Fate::Fenced
+                    };
+                    fates.insert(c.id, fate);
+                }
+            }
+            Err(WriteError::Unreachable) => {
+                fates.extend(part.iter().map(|c| (c.id, Fate::Abandoned)));
+            }
+            Err(WriteError::Refused(e)) if part.len() > 1 => {
+                tracing::warn!(error = %e, batch = part.len(), "the database refused a batch of outcomes; isolating the refused ones");
+                let mut left = part;
+                let right = left.split_off(left.len() / 2);
+                pending.push((right, fallback));
+                pending.push((left, fallback));
+            }
+            Err(WriteError::Refused(e)) if !fallback => {
+                let c = &part[0];
+                tracing::error!(job.id = c.id, job.attempt = c.attempt, state = c.state, error = %e, "the database refused this outcome; discarding the job");
+                let discard = Completion {
+                    state: "discarded",
+                    delay: None,
+                    error: Some(crate::limits::sanitize_error(&format!(
+                        "outcome `{}` refused by the database: {e}",
+                        c.state
+                    ))),
+                    restore_attempt: false,
+                    ..c.clone()
+                };
+                pending.push((vec![discard], true));
+            }
+            Err(WriteError::Refused(e)) => {
+                let c = &part[0];
+                tracing::error!(job.id = c.id, job.attempt = c.attempt, error = %e, "even discarding was refused; leaving the job to lease expiry and rescue");
+                fates.insert(c.id, Fate::Abandoned);
+            }
+        }
+    }
+    fates
+}
+
+async fn write(shared: &Shared, state: &mut WriteState, batch: &mut Vec<Finished>) {
     let completions: Vec<Completion> = batch
         .iter()
         .map(|f| f.outcome.completion(&f.job, &shared.policy, jitter()))
@@ -75,42 +237,48 @@ async fn write(shared: &Shared, batch: &mut Vec<Finished>) {
             _ => Vec::new(),
         })
         .collect();
-    let mut delay = Duration::from_millis(50);
-    let accepted = loop {
-        match crate::db::jobs::complete_batch(
-            &shared.pool,
-            &shared.worker.id,
-            &completions,
-            &artifacts,
-        )
-        .await
-        {
-            // A set: a batch holds up to MAX_BATCH ids and each is looked up once.
-            Ok(ids) => break ids.into_iter().collect::<std::collections::HashSet<i64>>(),
-            Err(e) => {
-                tracing::warn!(error = %e, batch = completions.len(), "writing outcomes failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-        }
-    };
+    let fates = write_all(shared, state, completions, &artifacts).await;
     let mut inflight = shared.inflight.lock().expect("inflight lock");
-    for (f, c) in batch.iter().zip(&completions) {
+    for f in batch.iter() {
+        // Written, fenced or abandoned: this process holds the attempt no longer, so the lease
+        // keeper stops extending it.
         inflight.remove(&f.job.id);
-        if !accepted.contains(&f.job.id) {
-            shared
-                .stats
-                .refused_late_writes
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                job.id = f.job.id,
-                job.attempt = f.job.attempt,
-                outcome = f.outcome.label(),
-                "late completion refused: the job was rescued, cancelled or reassigned since this attempt began"
-            );
-            continue;
-        }
-        match c.state {
+        let fate = fates.get(&f.job.id).copied().unwrap_or(Fate::Abandoned);
+        let state = match fate {
+            Fate::Accepted(state) => state,
+            Fate::Fenced => {
+                shared
+                    .stats
+                    .refused_late_writes
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    job.id = f.job.id,
+                    job.attempt = f.job.attempt,
+                    outcome = f.outcome.label(),
+                    "late completion refused: the job was rescued, cancelled or reassigned since this attempt began"
+                );
+                continue;
+            }
+            Fate::Abandoned => {
+                shared
+                    .stats
+                    .abandoned_outcomes
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        };
+        // Counted once the database has the outcome, under what it became.
+        let refused_then_discarded = state == "discarded"
+            && !matches!(f.outcome, Outcome::Discard { .. } | Outcome::Retry { .. });
+        let label = if refused_then_discarded {
+            "discarded"
+        } else {
+            f.outcome.label()
+        };
+        shared
+            .metrics
+            .attempt_finished(&f.job.kind, &f.job.queue, label, f.ran_for);
+        match state {
             "completed" => shared.stats.completed.fetch_add(1, Ordering::Relaxed),
             "available" => shared.stats.handed_back.fetch_add(1, Ordering::Relaxed),
             "retryable" | "discarded" => shared.stats.failed.fetch_add(1, Ordering::Relaxed),

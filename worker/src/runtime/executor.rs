@@ -17,12 +17,14 @@ use crate::handlers::{JobContext, JobInfo};
 pub(crate) fn spawn(shared: &Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
     let cancel = shared.cancel_jobs.child_token();
     let lost = Arc::new(AtomicBool::new(false));
+    let cancelled = Arc::new(AtomicBool::new(false));
     shared.inflight.lock().expect("inflight lock").insert(
         job.id,
         Held {
             attempt: job.attempt,
             cancel: cancel.clone(),
             lost: lost.clone(),
+            cancelled: cancelled.clone(),
         },
     );
     let s = shared.clone();
@@ -40,36 +42,61 @@ pub(crate) fn spawn(shared: &Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphor
             job.traceparent.as_deref(),
         );
         let started = Instant::now();
-        let outcome = run_attempt(&s, &job, cancel, &lost)
-            .instrument(span.clone())
-            .await;
-        let label = outcome.as_ref().map_or("lost", Outcome::label);
+        let outcome = match &job.undecodable {
+            // Nothing can run on a row we could not read: discard it, naming the field.
+            Some(problem) => {
+                tracing::error!(job.id = job.id, job.kind = %job.kind, problem = %problem, "job row cannot be decoded; discarding it");
+                Some(Outcome::Discard { error: problem.clone() })
+            }
+            None => run_attempt(&s, &job, cancel, &lost).instrument(span.clone()).await,
+        };
+        let by_operator = cancelled.load(Ordering::Acquire);
+        let label = match &outcome {
+            Some(o) => o.label(),
+            None if by_operator => "cancelled",
+            None => "lost",
+        };
         let error = match &outcome {
             Some(Outcome::Retry { error } | Outcome::Discard { error }) => Some(error.as_str()),
             _ => None,
         };
         crate::telemetry::record_outcome(&span, label, error);
         drop(span);
-        s.metrics
-            .attempt_finished(&job.kind, &job.queue, label, started.elapsed());
+        let ran_for = started.elapsed();
         match outcome {
             Some(outcome) => {
                 // The completer outlives every executor (see runtime::run), so this cannot fail
                 // except when the runtime is already torn down; then the lease expires and
                 // another worker rescues the job.
+                // The outcome is counted in the metrics once the completer's write is accepted.
                 let _ = s.completions.send(Finished {
                     job,
                     outcome,
                     slot: permit,
+                    ran_for,
                 });
             }
             None => {
+                // Nothing to write: the database already says what happened. The slot is
+                // freed as `permit` drops here.
                 s.inflight.lock().expect("inflight lock").remove(&job.id);
-                tracing::warn!(
-                    job.id = job.id,
-                    job.attempt = job.attempt,
-                    "attempt abandoned: lease lost (rescued or cancelled elsewhere)"
-                );
+                s.metrics
+                    .attempt_finished(&job.kind, &job.queue, label, ran_for);
+                if by_operator {
+                    s.stats.cancelled_running.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        job.id = job.id,
+                        job.attempt = job.attempt,
+                        "attempt stopped: an operator cancelled the job"
+                    );
+                } else {
+                    tracing::warn!(
+                        job.id = job.id,
+                        job.attempt = job.attempt,
+                        "attempt abandoned: lease lost (rescued or cancelled elsewhere)"
+                    );
+                }
+                drop(permit);
             }
         }
     });
@@ -110,7 +137,7 @@ async fn run_attempt(
     let outcome = tokio::select! {
         joined = &mut task => match joined {
             Ok(result) => Outcome::from_result(result, ctx.take_artifacts()),
-            Err(e) if e.is_panic() => Outcome::Retry { error: format!("panic: {}", panic_text(e.into_panic())) },
+            Err(e) if e.is_panic() => Outcome::Retry { error: format!("panic: {}", super::supervise::panic_text(e.into_panic())) },
             Err(e) => Outcome::Retry { error: format!("attempt aborted: {e}") },
         },
         _ = tokio::time::sleep(timeout) => {
@@ -129,14 +156,4 @@ async fn run_attempt(
         tracing::warn!(job.id = job.id, job.kind = %job.kind, job.attempt = job.attempt, error = %error, "attempt failed");
     }
     Some(outcome)
-}
-
-fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_string()
-    }
 }

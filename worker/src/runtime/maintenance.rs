@@ -17,15 +17,21 @@ use crate::db;
 const BATCH: i64 = 1000;
 
 pub(crate) fn spawn_all(tracker: &TaskTracker, shared: Arc<Shared>, stop: CancellationToken) {
-    tracker.spawn(drive(Rescuer(shared.clone()), stop.clone()));
-    tracker.spawn(drive(Pruner(shared.clone()), stop.clone()));
+    let metrics = shared.metrics.clone();
+    tracker.spawn(drive(
+        Rescuer(shared.clone()),
+        stop.clone(),
+        metrics.clone(),
+    ));
+    tracker.spawn(drive(Pruner(shared.clone()), stop.clone(), metrics.clone()));
     if let Some(claims) = shared.services.license.clone() {
         tracker.spawn(drive(
             super::license_watch::LicenseWatch { claims },
             stop.clone(),
+            metrics.clone(),
         ));
     }
-    tracker.spawn(drive(StaleWorkerSweep(shared), stop));
+    tracker.spawn(drive(StaleWorkerSweep(shared), stop, metrics));
 }
 
 /// Moves running jobs whose lease expired back to `retryable` (or `discarded`).

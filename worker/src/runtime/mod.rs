@@ -14,6 +14,7 @@ pub mod maintenance;
 pub mod outcome;
 pub mod periodic;
 pub mod producer;
+pub(crate) mod supervise;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -45,8 +46,11 @@ pub struct Held {
     pub attempt: i32,
     /// Cancels the attempt (lease lost or shutdown past grace).
     pub cancel: CancellationToken,
-    /// Set by the lease keeper when the database no longer shows this attempt as ours.
+    /// Set by the lease keeper when the database no longer shows this attempt as ours, and by
+    /// the control listener when an operator cancelled the job: nothing of it may be written.
     pub lost: Arc<AtomicBool>,
+    /// Set (with `lost`) when the attempt was lost to an operator's cancel.
+    pub cancelled: Arc<AtomicBool>,
 }
 
 /// Counters shared with `/metrics` and tests.
@@ -58,6 +62,10 @@ pub struct RuntimeStats {
     pub refused_late_writes: AtomicU64,
     pub rescued: AtomicU64,
     pub handed_back: AtomicU64,
+    /// Outcomes that could not be written at all (left to lease expiry and rescue).
+    pub abandoned_outcomes: AtomicU64,
+    /// Running attempts cut short because an operator cancelled their job.
+    pub cancelled_running: AtomicU64,
 }
 
 /// What the runtime needs besides configuration.
@@ -85,8 +93,11 @@ pub(crate) struct Shared {
     pub policy: RetryPolicy,
     pub stats: Arc<RuntimeStats>,
     pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
     /// Parent of every attempt's token; cancelled in shutdown phase two.
     pub cancel_jobs: CancellationToken,
+    /// Each claim loop's sign of life, for the watchdog.
+    pub ticks: Arc<supervise::Ticks>,
     pub executors: TaskTracker,
     pub completions: mpsc::UnboundedSender<completer::Finished>,
 }
@@ -133,7 +144,9 @@ pub async fn run(
         },
         stats: stats.clone(),
         metrics: deps.metrics.clone(),
+        health: deps.health.clone(),
         cancel_jobs: cancel_jobs.clone(),
+        ticks: Arc::new(supervise::Ticks::new(&queues)),
         executors: TaskTracker::new(),
         completions: tx,
     });
@@ -151,15 +164,46 @@ pub async fn run(
     deps.metrics.set_listener(listener_stats.clone());
     let pg_config = db::parse_url(config.database_url.expose())?;
     let tls = db::tls_for(config.database_url.expose())?;
-    background.spawn(db::listener::run(
-        pg_config,
-        tls,
-        wakers.clone(),
-        listener_stats.clone(),
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    {
+        let (wakers, stats, stop) = (
+            wakers.clone(),
+            listener_stats.clone(),
+            stop_background.clone(),
+        );
+        background.spawn(supervise::supervise(
+            "listener".into(),
+            deps.metrics.clone(),
+            stop_background.clone(),
+            move || {
+                db::listener::run(
+                    pg_config.clone(),
+                    tls.clone(),
+                    wakers.clone(),
+                    control_tx.clone(),
+                    stats.clone(),
+                    stop.clone(),
+                )
+            },
+        ));
+    }
+    background.spawn(control(shared.clone(), control_rx, stop_background.clone()));
+    {
+        let (shared, stop) = (shared.clone(), stop_background.clone());
+        background.spawn(supervise::supervise(
+            "lease".into(),
+            deps.metrics.clone(),
+            stop_background.clone(),
+            move || lease::run(shared.clone(), stop.clone()),
+        ));
+    }
+    maintenance::spawn_all(&background, shared.clone(), stop_background.clone());
+    background.spawn(supervise::watchdog(
+        shared.ticks.clone(),
+        deps.health.clone(),
+        supervise::stall_limit(config.poll_interval),
         stop_background.clone(),
     ));
-    background.spawn(lease::run(shared.clone(), stop_background.clone()));
-    maintenance::spawn_all(&background, shared.clone(), stop_background.clone());
     let heartbeat = deps.heartbeat.and_then(|cfg| {
         heartbeat::spawn(
             &background,
@@ -184,12 +228,27 @@ pub async fn run(
 
     let producers = TaskTracker::new();
     for q in &config.queues {
-        producers.spawn(producer::run(
+        let slots = Arc::new(Semaphore::new(q.concurrency));
+        let (shared, queue, wake, stop) = (
             shared.clone(),
             q.name.clone(),
-            Arc::new(Semaphore::new(q.concurrency)),
             wakers[&q.name].clone(),
             stop_claiming.clone(),
+        );
+        // The slots outlive a restart: attempts started before it still hold theirs.
+        producers.spawn(supervise::supervise(
+            format!("producer:{}", q.name),
+            deps.metrics.clone(),
+            stop_claiming.clone(),
+            move || {
+                producer::run(
+                    shared.clone(),
+                    queue.clone(),
+                    slots.clone(),
+                    wake.clone(),
+                    stop.clone(),
+                )
+            },
         ));
     }
     producers.close();
@@ -261,6 +320,29 @@ pub async fn run(
         "worker stopped"
     );
     Ok(())
+}
+
+/// Applies control messages from the listener until `stop`: a cancel stops the attempt this
+/// process runs for that job, if any, within the time the notification takes to arrive.
+async fn control(
+    shared: Arc<Shared>,
+    mut rx: mpsc::UnboundedReceiver<db::listener::Control>,
+    stop: CancellationToken,
+) {
+    loop {
+        let message = tokio::select! {
+            _ = stop.cancelled() => return,
+            m = rx.recv() => m,
+        };
+        let Some(db::listener::Control::Cancel(id)) = message else {
+            return;
+        };
+        if let Some(held) = shared.inflight.lock().expect("inflight lock").get(&id) {
+            held.cancelled.store(true, Ordering::Release);
+            held.lost.store(true, Ordering::Release);
+            held.cancel.cancel();
+        }
+    }
 }
 
 /// Sleeps `d` unless `stop` fires first; returns false when stopped.

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::db::jobs::{ArtifactRow, ClaimedJob, Completion};
 use crate::handlers::HandlerError;
+use crate::limits;
 
 /// The result of one attempt, as the executor saw it.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,8 +53,17 @@ impl Outcome {
         }
     }
 
-    /// The row this outcome writes for `job`. `jitter` is a number in `[0, 1)`.
+    /// The row this outcome writes for `job`. `jitter` is a number in `[0, 1)`. Error texts are
+    /// sanitized and capped, delays clamped (`crate::limits`), so whatever a handler returned
+    /// the database accepts the row.
     pub fn completion(&self, job: &ClaimedJob, policy: &RetryPolicy, jitter: f64) -> Completion {
+        let mut c = self.raw_completion(job, policy, jitter);
+        c.error = c.error.map(|e| limits::sanitize_error(&e));
+        c.delay = c.delay.map(limits::clamp_delay);
+        c
+    }
+
+    fn raw_completion(&self, job: &ClaimedJob, policy: &RetryPolicy, jitter: f64) -> Completion {
         let base = Completion {
             id: job.id,
             attempt: job.attempt,
@@ -140,6 +150,7 @@ mod tests {
             run_at: OffsetDateTime::now_utc(),
             attempted_at: OffsetDateTime::now_utc(),
             traceparent: None,
+            undecodable: None,
         }
     }
 
@@ -216,6 +227,21 @@ mod tests {
         );
         let h = c(Outcome::HandBack, 1, 5);
         assert_eq!((h.state, h.restore_attempt), ("available", true));
+    }
+
+    #[test]
+    fn completions_carry_storable_errors_and_bounded_delays() {
+        let s = Outcome::Snooze {
+            delay: Duration::from_millis(u64::MAX),
+        }
+        .completion(&job(1, 5), &POLICY, 0.5);
+        assert_eq!(s.delay, Some(limits::MAX_DELAY));
+        let e = Outcome::Discard {
+            error: format!("nul\0{}", "x".repeat(10 << 20)),
+        }
+        .completion(&job(1, 5), &POLICY, 0.5);
+        let text = e.error.unwrap();
+        assert!(text.len() <= limits::MAX_ERROR_BYTES && !text.contains('\0'));
     }
 
     #[test]

@@ -21,16 +21,26 @@ pub(crate) async fn run(
 ) {
     if shared.kinds.is_empty() {
         tracing::warn!(queue = %queue, "no job kinds registered; this worker claims nothing");
+        shared.ticks.waiting_for_slots(&queue);
         stop.cancelled().await;
         return;
     }
     let mut error_delay = Duration::from_millis(100);
     loop {
-        // Wait for one free slot, then take every other free slot too.
-        let first = tokio::select! {
-            _ = stop.cancelled() => return,
-            p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
+        // Wait for one free slot, then take every other free slot too. Waiting for a slot is
+        // being busy, not being stalled (the watchdog's distinction).
+        shared.ticks.tick(&queue);
+        let first = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                shared.ticks.waiting_for_slots(&queue);
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
+                }
+            }
         };
+        shared.ticks.tick(&queue);
         let mut permits = vec![first];
         while let Ok(p) = slots.clone().try_acquire_owned() {
             permits.push(p);
@@ -57,6 +67,7 @@ pub(crate) async fn run(
                     executor::spawn(&shared, job, permit);
                 }
                 drop(permits);
+                shared.ticks.tick(&queue);
                 if got == wanted {
                     // A full batch: more are likely waiting. Claim again as slots free up.
                     continue;
@@ -69,6 +80,7 @@ pub(crate) async fn run(
             }
             Err(e) => {
                 drop(permits);
+                shared.ticks.tick(&queue);
                 tracing::warn!(queue = %queue, error = %e, "claim failed; retrying");
                 if !sleep_or_stop(error_delay, &stop).await {
                     return;
