@@ -556,8 +556,20 @@ async fn bad_input_never_stops_the_worker() {
         "SELECT lettuce.enqueue('diag.sleep', '{\"ms\": 3600000}', max_attempts => 1)",
     )
     .await;
-    let big = json!({ "blob": "x".repeat(10 * 1024 * 1024) });
+    // The largest payload the limit allows is just a payload; a 10 MB one is refused by name.
+    let big = json!({ "blob": "x".repeat(1024 * 1024 - 16) });
     let huge = enqueue_sql(&client, "diag.noop", big).await;
+    let too_big = json!({ "blob": "x".repeat(10 * 1024 * 1024) });
+    let err = client
+        .query_one("SELECT lettuce.enqueue('diag.noop', $1)", &[&too_big])
+        .await
+        .unwrap_err();
+    assert!(
+        err.as_db_error().is_some_and(|d| d
+            .message()
+            .contains("payload must be at most 1048576 bytes")),
+        "{err}"
+    );
     let normal: Vec<NewJob> = (0..200)
         .map(|_| NewJob::new("diag.noop", json!({})))
         .collect();
@@ -570,7 +582,7 @@ async fn bad_input_never_stops_the_worker() {
     assert_eq!(
         wait_final(&client, huge, LIMIT).await.0,
         "completed",
-        "a 10 MB payload is just a payload"
+        "a payload of nearly 1 MiB is just a payload"
     );
     assert_eq!(wait_final(&client, misshapen, LIMIT).await.0, "discarded");
     assert_eq!(wait_final(&client, not_object, LIMIT).await.0, "discarded");
