@@ -58,6 +58,7 @@ pub const VARIABLES: &[&str] = &[
     "LETTUCE_POLL_INTERVAL_MS",
     "LETTUCE_DB_CONNECT_TIMEOUT_MS",
     "LETTUCE_DB_POOL_SIZE",
+    "LETTUCE_DB_STATEMENT_TIMEOUT_MS",
     "LETTUCE_LEASE_MS",
     "LETTUCE_JOB_TIMEOUT_MS",
     "LETTUCE_SHUTDOWN_GRACE_MS",
@@ -213,6 +214,9 @@ pub struct Config {
     pub db_connect_timeout: Duration,
     /// Connections in the shared pool (the LISTEN connection is extra).
     pub db_pool_size: usize,
+    /// `statement_timeout` for the worker's own connections; zero sends none (PgBouncer in
+    /// transaction mode refuses startup options).
+    pub db_statement_timeout: Duration,
     pub lease: Duration,
     /// Default limit on one attempt; a handler may ask for another.
     pub job_timeout: Duration,
@@ -256,6 +260,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("LETTUCE_POLL_INTERVAL_MS", "1000"),
     ("LETTUCE_DB_CONNECT_TIMEOUT_MS", "60000"),
     ("LETTUCE_DB_POOL_SIZE", "8"),
+    ("LETTUCE_DB_STATEMENT_TIMEOUT_MS", "60000"),
     ("LETTUCE_LEASE_MS", "60000"),
     ("LETTUCE_JOB_TIMEOUT_MS", "1800000"),
     ("LETTUCE_SHUTDOWN_GRACE_MS", "25000"),
@@ -477,6 +482,7 @@ impl Config {
             poll_interval: p.millis("LETTUCE_POLL_INTERVAL_MS", 1, HOUR_MS),
             db_connect_timeout: p.millis("LETTUCE_DB_CONNECT_TIMEOUT_MS", 0, HOUR_MS),
             db_pool_size: p.count("LETTUCE_DB_POOL_SIZE"),
+            db_statement_timeout: p.millis("LETTUCE_DB_STATEMENT_TIMEOUT_MS", 0, HOUR_MS),
             lease: p.millis("LETTUCE_LEASE_MS", 100, HOUR_MS),
             job_timeout: p.millis("LETTUCE_JOB_TIMEOUT_MS", 1, 7 * DAY_MS),
             shutdown_grace: p.millis("LETTUCE_SHUTDOWN_GRACE_MS", 0, HOUR_MS),

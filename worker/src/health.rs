@@ -56,6 +56,10 @@ impl Health {
             .expect("health lock")
             .insert(key, reason.into());
     }
+    /// True while `key` marks the process not ready.
+    pub fn is_unready(&self, key: &'static str) -> bool {
+        self.unready.lock().expect("health lock").contains_key(key)
+    }
     /// The condition under `key` is over.
     pub fn clear_unready(&self, key: &'static str) {
         self.unready.lock().expect("health lock").remove(key);

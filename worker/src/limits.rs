@@ -83,15 +83,31 @@ pub fn depth(v: &Value) -> usize {
     deepest
 }
 
+/// The length of `v`'s compact JSON text, counted without building it.
+fn json_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    match serde_json::to_writer(&mut n, v) {
+        Ok(()) => n.0,
+        Err(_) => usize::MAX,
+    }
+}
+
 /// Size and nesting of a payload.
 pub fn check_payload(payload: &Value) -> Result<(), LimitError> {
     if depth(payload) > MAX_PAYLOAD_DEPTH {
         return broken("payload", "must nest at most 64 levels deep");
     }
-    let bytes = serde_json::to_vec(payload)
-        .map(|v| v.len())
-        .unwrap_or(usize::MAX);
-    if bytes > MAX_PAYLOAD_BYTES {
+    if json_len(payload) > MAX_PAYLOAD_BYTES {
         return broken("payload", "must be at most 1048576 bytes as JSON text");
     }
     Ok(())
@@ -185,6 +201,7 @@ mod tests {
             "payload must be at most 1048576 bytes as JSON text"
         );
         assert!(check_payload(&json!({ "x": "a".repeat(1000) })).is_ok());
+        assert_eq!(json_len(&json!({"a": [1, "b"]})), r#"{"a":[1,"b"]}"#.len());
     }
 
     #[test]

@@ -64,6 +64,7 @@ pub async fn connect(config: &Config) -> Result<DbPool, BootError> {
         config.database_url.expose(),
         config.db_pool_size,
         config.db_connect_timeout,
+        Some(config.db_statement_timeout),
     )
     .await
     .map_err(BootError::Database)

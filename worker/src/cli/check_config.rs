@@ -473,6 +473,33 @@ fn github_check(
     }
 }
 
+const CONNECT_HINT: &str = "check DATABASE_URL's host, port, user and password, and that Postgres accepts connections from here";
+
+/// The hint for a failed connection: its real cause, not the generic list.
+fn connect_hint(e: &tokio_postgres::Error) -> &'static str {
+    match db::classify_connect_error(e) {
+        db::ConnectFailure::Permanent("TLS") => {
+            "the TLS handshake failed: check DATABASE_URL's sslmode and sslrootcert (verify-full also checks the host name; sslmode=disable or prefer for a server without TLS); TLS is never used over a Unix socket"
+        }
+        db::ConnectFailure::Permanent("authentication failed") => {
+            "the server refused the credentials: check DATABASE_URL's user and password and the server's pg_hba.conf"
+        }
+        db::ConnectFailure::Permanent("role or client not allowed") => {
+            "the role does not exist or pg_hba.conf does not let it in from here: check DATABASE_URL's user"
+        }
+        db::ConnectFailure::Permanent("permission denied") => {
+            "the role may not connect to (or create) this database: grant CONNECT, or create the database first"
+        }
+        db::ConnectFailure::Transient("too many connections") => {
+            "the server is at max_connections: lower LETTUCE_DB_POOL_SIZE or the replica count, or raise max_connections"
+        }
+        db::ConnectFailure::Transient("server starting up") => {
+            "the server is starting up or in recovery: try again in a moment"
+        }
+        _ => CONNECT_HINT,
+    }
+}
+
 async fn database_checks(config: &Config, offline: bool) -> Vec<Check> {
     let ids = ["db.connect", "db.version", "db.privileges", "schema"];
     if offline {
@@ -528,11 +555,15 @@ async fn database_checks(config: &Config, offline: bool) -> Vec<Check> {
                 }
                 other => other.to_string(),
             };
+            let hint = match &e {
+                deadpool_postgres::PoolError::Backend(pe) => connect_hint(pe),
+                _ => CONNECT_HINT,
+            };
             let mut v = vec![hinted(
                 "db.connect",
                 Level::Fail,
                 format!("{target}: {text}"),
-                "check DATABASE_URL's host, port, user and password, and that Postgres accepts connections from here",
+                hint,
             )];
             v.extend(skipped(1, "no connection"));
             return v;

@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::Config as PgConfig;
-use tokio_postgres::config::Host;
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::error::SqlState;
 
 pub use tls::Tls;
 
@@ -36,11 +37,20 @@ pub type DbPool = Pool;
 pub enum DbError {
     #[error("DATABASE_URL does not parse: {0}")]
     BadUrl(String),
-    #[error("database at {target} unreachable after {waited_ms} ms: {last_error}")]
+    #[error("database at {target} unreachable after {waited_ms} ms ({reason}): {last_error}")]
     Unreachable {
         target: String,
         waited_ms: u128,
+        reason: &'static str,
         last_error: String,
+    },
+    /// A connection failure that retrying cannot mend (authentication, a missing role or
+    /// database, TLS settings): reported at once.
+    #[error("database at {target} refused the connection ({reason}; not retried): {error}")]
+    Refused {
+        target: String,
+        reason: &'static str,
+        error: String,
     },
     #[error("database error: {}", error_text(.0))]
     Postgres(#[from] tokio_postgres::Error),
@@ -56,11 +66,61 @@ pub enum DbError {
 /// Parses `DATABASE_URL` without ever echoing it (it may hold a password).
 /// The TLS verification part (`sslmode=verify-ca|verify-full`, `sslrootcert`) is taken out
 /// first (see [`tls`]); [`tls_for`] builds the matching connector.
+///
+/// On top of what the URL says: a Unix-socket host never uses TLS, whatever `sslmode` says (as
+/// libpq); and unless the URL sets them, each attempt to connect is bounded
+/// ([`ATTEMPT_TIMEOUT`]) and TCP keepalives and a user timeout notice a dead peer within about
+/// a minute instead of the kernel's two hours.
 pub fn parse_url(url: &str) -> Result<PgConfig, DbError> {
-    PgConfig::from_str(&tls::split(url).0).map_err(|e| {
+    let mut cfg = PgConfig::from_str(&tls::split(url).0).map_err(|e| {
         // tokio-postgres errors describe the syntax problem, not the value.
         DbError::BadUrl(e.to_string())
-    })
+    })?;
+    let hosts = cfg.get_hosts();
+    if !hosts.is_empty() && hosts.iter().all(|h| matches!(h, Host::Unix(_))) {
+        cfg.ssl_mode(SslMode::Disable);
+    }
+    let says = |key: &str| url.contains(key);
+    if !says("connect_timeout") {
+        cfg.connect_timeout(ATTEMPT_TIMEOUT);
+    }
+    if !says("keepalives_idle") {
+        cfg.keepalives_idle(Duration::from_secs(30));
+    }
+    if !says("keepalives_interval") {
+        cfg.keepalives_interval(Duration::from_secs(10));
+    }
+    if !says("keepalives_retries") {
+        cfg.keepalives_retries(3);
+    }
+    if !says("tcp_user_timeout") {
+        cfg.tcp_user_timeout(Duration::from_secs(60));
+    }
+    Ok(cfg)
+}
+
+/// The longest one attempt to connect may take (TCP, TLS and startup together); boot retries
+/// within `LETTUCE_DB_CONNECT_TIMEOUT_MS`.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a task waits for a free pooled connection before the wait counts as a failure.
+pub const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Asks the server to cancel any statement of this process's connections that runs longer than
+/// `limit` (`statement_timeout`, sent at connection start). The URL's own `options` win.
+pub fn set_statement_timeout(cfg: &mut PgConfig, limit: Option<Duration>) {
+    let Some(limit) = limit.filter(|l| !l.is_zero()) else {
+        return;
+    };
+    let existing = cfg.get_options().unwrap_or("").to_string();
+    if existing.contains("statement_timeout") {
+        return;
+    }
+    let option = format!("-c statement_timeout={}", limit.as_millis());
+    cfg.options(if existing.is_empty() {
+        option
+    } else {
+        format!("{existing} {option}")
+    });
 }
 
 /// The TLS connector for `url`'s `sslmode` and `sslrootcert`.
@@ -141,33 +201,111 @@ async fn connect_once(cfg: &PgConfig, tls: &Tls) -> Result<(), tokio_postgres::E
     }
 }
 
-/// Connects with retry until `timeout` has passed, then builds the pool.
+/// Whether a failed connection attempt can get better by waiting, and in a word why not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// Worth retrying: refused, reset, starting up, too many connections, no answer yet.
+    Transient(&'static str),
+    /// Retrying cannot help: authentication, a missing role or database, TLS settings.
+    Permanent(&'static str),
+}
+
+/// Sorts a connection error into [`ConnectFailure`].
+pub fn classify_connect_error(e: &tokio_postgres::Error) -> ConnectFailure {
+    use ConnectFailure::{Permanent, Transient};
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        return match code {
+            "28P01" => Permanent("authentication failed"),
+            "28000" => Permanent("role or client not allowed"),
+            "3D000" => Permanent("database does not exist"),
+            "42501" => Permanent("permission denied"),
+            "57P03" => Transient("server starting up"),
+            "53300" => Transient("too many connections"),
+            "57P01" | "57P02" => Transient("server shutting down"),
+            _ if code.starts_with("28") => Permanent("authentication failed"),
+            _ if code.starts_with("08") => Transient("connection failure"),
+            _ => Transient("server error"),
+        };
+    }
+    let text = e.to_string();
+    if text.starts_with("error performing TLS handshake") {
+        return Permanent("TLS");
+    }
+    if text.starts_with("invalid configuration") || text.starts_with("authentication error") {
+        return Permanent("connection settings");
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            return Transient(match io.kind() {
+                K::ConnectionRefused => "connection refused",
+                K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof => {
+                    "connection reset"
+                }
+                K::TimedOut => "no answer in time",
+                K::NotFound => "no server at the socket",
+                _ => "network error",
+            });
+        }
+        source = s.source();
+    }
+    if text.starts_with("timeout waiting for server") {
+        return Transient("no answer in time");
+    }
+    Transient("network error")
+}
+
+/// Connects with retry until `timeout` has passed, then builds the pool. Each attempt is bounded
+/// by what is left of `timeout` (and [`ATTEMPT_TIMEOUT`]), so a server that accepts TCP and never
+/// answers cannot hold boot past it. A [`ConnectFailure::Permanent`] failure ends at once.
 pub async fn connect_with_retry(
     url: &str,
     pool_size: usize,
     timeout: Duration,
+    statement_timeout: Option<Duration>,
 ) -> Result<DbPool, DbError> {
-    let cfg = parse_url(url)?;
+    let mut cfg = parse_url(url)?;
+    set_statement_timeout(&mut cfg, statement_timeout);
     let tls = tls_for(url)?;
     let started = Instant::now();
     let mut delay = Duration::from_millis(100);
     loop {
-        match connect_once(&cfg, &tls).await {
-            Ok(()) => break,
-            Err(e) => {
-                let waited = started.elapsed();
-                if waited >= timeout {
-                    return Err(DbError::Unreachable {
+        let left = timeout.saturating_sub(started.elapsed());
+        let attempt = left.clamp(Duration::from_millis(100), ATTEMPT_TIMEOUT);
+        let (reason, text) = match tokio::time::timeout(attempt, connect_once(&cfg, &tls)).await {
+            Ok(Ok(())) => break,
+            Ok(Err(e)) => match classify_connect_error(&e) {
+                ConnectFailure::Permanent(reason) => {
+                    return Err(DbError::Refused {
                         target: describe(&cfg),
-                        waited_ms: waited.as_millis(),
-                        last_error: error_text(&e),
+                        reason,
+                        error: error_text(&e),
                     });
                 }
-                tracing::warn!(target_db = %describe(&cfg), error = %error_text(&e), "database not reachable yet; retrying");
-                tokio::time::sleep(delay.min(timeout.saturating_sub(waited))).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
+                ConnectFailure::Transient(reason) => (reason, error_text(&e)),
+            },
+            Err(_) => (
+                "no answer in time",
+                format!(
+                    "the server did not complete the connection within {} ms",
+                    attempt.as_millis()
+                ),
+            ),
+        };
+        let waited = started.elapsed();
+        if waited >= timeout {
+            return Err(DbError::Unreachable {
+                target: describe(&cfg),
+                waited_ms: waited.as_millis(),
+                reason,
+                last_error: text,
+            });
         }
+        tracing::warn!(target_db = %describe(&cfg), reason, error = %text, "database not reachable yet; retrying");
+        tokio::time::sleep(delay.min(timeout.saturating_sub(waited))).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
     }
     Ok(build_pool(cfg, tls, pool_size))
 }
@@ -187,6 +325,9 @@ pub fn build_pool(mut cfg: PgConfig, tls: Tls, pool_size: usize) -> DbPool {
     Pool::builder(mgr)
         .max_size(pool_size)
         .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(POOL_WAIT_TIMEOUT))
+        .create_timeout(Some(ATTEMPT_TIMEOUT))
+        .recycle_timeout(Some(Duration::from_secs(5)))
         .build()
         // Only fails when a timeout is set without a runtime; we always set the runtime.
         .expect("pool configuration is valid")
@@ -212,16 +353,31 @@ fn pool_error_text(e: &deadpool_postgres::PoolError) -> String {
 }
 
 /// True for errors that mean "the connection is gone" rather than "the statement is wrong".
+/// A read-only server (a standby after failover) counts: the statement is fine, the server is
+/// the wrong one, and another connection may reach the new primary.
 pub fn is_connection_error(e: &DbError) -> bool {
     match e {
         DbError::Pool(_) => true,
         DbError::Postgres(pe) => {
             pe.is_closed()
                 || pe.as_db_error().is_none_or(|db| {
-                    // admin_shutdown, crash_shutdown, cannot_connect_now
-                    matches!(db.code().code(), "57P01" | "57P02" | "57P03")
+                    // admin_shutdown, crash_shutdown, cannot_connect_now, read_only_sql_transaction,
+                    // query_canceled (statement_timeout), idle_session_timeout
+                    matches!(
+                        db.code().code(),
+                        "57P01" | "57P02" | "57P03" | "25006" | "57014" | "57P05"
+                    )
                 })
         }
+        _ => false,
+    }
+}
+
+/// True when the server refused a write because it is read-only (`25006`): a standby, or
+/// `default_transaction_read_only` on.
+pub fn is_read_only(e: &DbError) -> bool {
+    match e {
+        DbError::Postgres(pe) => pe.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION),
         _ => false,
     }
 }

@@ -52,6 +52,8 @@ pub enum Applied {
 pub async fn apply(pool: &DbPool, force: bool) -> Result<Applied, DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    // Waiting for another replica's upgrade, or a long VALIDATE, is not a stuck statement.
+    tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK_KEY])
         .await?;
     let digest = digest();

@@ -11,7 +11,9 @@
 //! tokio-postgres understands only the first three and rejects `sslrootcert`, so [`split`]
 //! takes the verification part out of the URL before it is parsed.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
@@ -20,11 +22,61 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::DbError;
 
-/// The connector every connection of this process uses.
-pub type Tls = tokio_postgres_rustls::MakeRustlsConnect;
+/// The connector every connection of this process uses: rustls for TCP hosts. A Unix-socket
+/// host never uses TLS (as libpq: the server refuses TLS there, and there is no name to check),
+/// so for it this hands tokio-postgres a connector that is never asked to run — [`super::parse_url`]
+/// sets `sslmode=disable` when every host is a socket.
+#[derive(Clone)]
+pub struct Tls(MakeRustlsConnect);
+
+impl<S> MakeTlsConnect<S> for Tls
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = <MakeRustlsConnect as MakeTlsConnect<S>>::Stream;
+    type TlsConnect = HostTls<S>;
+    type Error = std::io::Error;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<HostTls<S>, std::io::Error> {
+        // tokio-postgres passes an empty name for a Unix-socket host.
+        if domain.is_empty() {
+            return Ok(HostTls(None));
+        }
+        <MakeRustlsConnect as MakeTlsConnect<S>>::make_tls_connect(&mut self.0, domain)
+            .map(|c| HostTls(Some(c)))
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+    }
+}
+
+/// One connection's TLS: rustls for a TCP host, nothing for a Unix socket.
+pub struct HostTls<S>(Option<<MakeRustlsConnect as MakeTlsConnect<S>>::TlsConnect>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+impl<S> TlsConnect<S> for HostTls<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = <MakeRustlsConnect as MakeTlsConnect<S>>::Stream;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Stream>> + Send>>;
+
+    fn connect(self, stream: S) -> Self::Future {
+        match self.0 {
+            Some(tls) => Box::pin(tls.connect(stream)),
+            None => Box::pin(std::future::ready(Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "TLS is never used over a Unix socket",
+            )))),
+        }
+    }
+}
 
 /// How much of the server's certificate is checked once TLS is up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,7 +184,7 @@ pub fn connector(policy: &TlsPolicy) -> Result<Tls, DbError> {
                 .with_no_client_auth()
         }
     };
-    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+    Ok(Tls(MakeRustlsConnect::new(config)))
 }
 
 fn roots(path: Option<&Path>) -> Result<RootCertStore, DbError> {

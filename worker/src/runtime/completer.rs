@@ -146,6 +146,7 @@ async fn write_part(
             }
             Err(e) if !db::is_connection_error(&e) => return Err(WriteError::Refused(e)),
             Err(e) => {
+                shared.database_failed(&e);
                 let since = *state.failing_since.get_or_insert(started);
                 if since.elapsed() > shared.config.lease {
                     shared.health.set_unready(

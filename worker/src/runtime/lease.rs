@@ -35,6 +35,7 @@ pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
                 }
             }
             Err(e) => {
+                shared.database_failed(&e);
                 tracing::warn!(error = %e, held = held.len(), "lease heartbeat failed; will retry")
             }
         }

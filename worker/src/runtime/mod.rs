@@ -102,6 +102,33 @@ pub(crate) struct Shared {
     pub completions: mpsc::UnboundedSender<completer::Finished>,
 }
 
+impl Shared {
+    /// Every statement error of the runtime passes here. A read-only refusal (a standby after
+    /// failover) drops the pool's idle connections, so the next ones reach whichever server
+    /// `DATABASE_URL` names now, and marks the process not ready until a write succeeds.
+    pub fn database_failed(&self, e: &db::DbError) {
+        if db::is_read_only(e) {
+            if !self.health.is_unready(READ_ONLY_KEY) {
+                tracing::error!(error = %e, "the database is read-only (a standby?); dropping connections until a writable server answers");
+            }
+            self.health
+                .set_unready(READ_ONLY_KEY, "database is read-only");
+            self.pool.retain(|_, _| false);
+        }
+    }
+
+    /// A write went through: the server is writable again.
+    pub fn database_wrote(&self) {
+        if self.health.is_unready(READ_ONLY_KEY) {
+            self.health.clear_unready(READ_ONLY_KEY);
+            tracing::info!("the database accepts writes again");
+        }
+    }
+}
+
+/// `/readyz`'s key for a read-only server.
+const READ_ONLY_KEY: &str = "read_only";
+
 /// A handle to a running runtime's counters.
 #[derive(Clone)]
 pub struct RuntimeHandle {

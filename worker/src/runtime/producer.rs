@@ -58,6 +58,7 @@ pub(crate) async fn run(
         match claimed {
             Ok(jobs) => {
                 error_delay = Duration::from_millis(100);
+                shared.database_wrote();
                 let got = jobs.len();
                 shared
                     .stats
@@ -80,6 +81,7 @@ pub(crate) async fn run(
             }
             Err(e) => {
                 drop(permits);
+                shared.database_failed(&e);
                 shared.ticks.tick(&queue);
                 tracing::warn!(queue = %queue, error = %e, "claim failed; retrying");
                 if !sleep_or_stop(error_delay, &stop).await {
