@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::db::DbPool;
 
@@ -22,7 +22,12 @@ pub struct Health {
     /// Conditions a running part of the process reports as "not ready", by a stable key (for
     /// example `outcomes` when the completer cannot write): the general reason `/readyz` shows.
     unready: Mutex<BTreeMap<&'static str, String>>,
+    /// When a failed probe was last logged.
+    probe_logged: Mutex<Option<Instant>>,
 }
+
+/// A failing readiness probe is logged at most this often.
+const PROBE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl Default for Health {
     fn default() -> Self {
@@ -30,6 +35,7 @@ impl Default for Health {
             phase: Mutex::new(Phase::Booting),
             pool: Mutex::new(None),
             unready: Mutex::new(BTreeMap::new()),
+            probe_logged: Mutex::new(None),
         }
     }
 }
@@ -95,10 +101,18 @@ impl Health {
                 .map_err(|e| e.to_string())?;
             Ok::<(), String>(())
         };
-        match tokio::time::timeout(Duration::from_secs(2), probe).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("database unreachable: {e}")),
-            Err(_) => Err("database unreachable: no answer within 2s".into()),
+        // The body says what is wrong in general terms; the details go to the log (at most
+        // once per [`PROBE_LOG_EVERY`], however many probes arrive).
+        let detail = match tokio::time::timeout(Duration::from_secs(2), probe).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => e,
+            Err(_) => "no answer within 2s".to_string(),
+        };
+        let mut last = self.probe_logged.lock().expect("health lock");
+        if last.is_none_or(|at| at.elapsed() >= PROBE_LOG_EVERY) {
+            *last = Some(Instant::now());
+            tracing::warn!(error = %detail, "readiness probe: database unreachable");
         }
+        Err("database unreachable".into())
     }
 }

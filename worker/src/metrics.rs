@@ -13,6 +13,11 @@
 //! | `lettuce_jobs_in_flight` | gauge | `queue` |
 //! | `lettuce_queue_depth` | gauge | `queue`, `state` (`available`, `scheduled`, `running`, `retryable`) |
 //! | `lettuce_listen_reconnects_total` | counter | — |
+//!
+//! Label values come from job rows (queue and kind names), so they are written only in the
+//! name alphabet `[A-Za-z0-9_.:-]`, at most [`MAX_LABEL_LEN`] bytes: any other character becomes
+//! `_` (see [`label`]). The schema refuses such queue names already; this holds even for a row
+//! that reached the table some other way, so no stored text can add a line to `/metrics`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,6 +31,25 @@ use prometheus_client::registry::Registry;
 
 use crate::db::DbPool;
 use crate::db::listener::ListenerStats;
+
+/// The longest label value written; longer ones are cut.
+pub const MAX_LABEL_LEN: usize = 128;
+
+/// `value` as a label value: characters outside `[A-Za-z0-9_.:-]` become `_`, cut to
+/// [`MAX_LABEL_LEN`]. Names that follow the schema's rules pass unchanged.
+pub fn label(value: &str) -> String {
+    value
+        .chars()
+        .take(MAX_LABEL_LEN)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
 
 /// The content type of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -168,7 +192,7 @@ impl Metrics {
     /// An attempt started: `pickup` is the time from `run_at` to the claim.
     pub fn attempt_started(&self, queue: &str, pickup: Duration) {
         let q = QueueLabel {
-            queue: queue.to_string(),
+            queue: label(queue),
         };
         self.pickup_latency
             .get_or_create(&q)
@@ -180,19 +204,17 @@ impl Metrics {
     pub fn attempt_finished(&self, kind: &str, queue: &str, outcome: &str, took: Duration) {
         self.in_flight
             .get_or_create(&QueueLabel {
-                queue: queue.to_string(),
+                queue: label(queue),
             })
             .dec();
         self.finished
             .get_or_create(&KindOutcome {
-                kind: kind.to_string(),
-                outcome: outcome.to_string(),
+                kind: label(kind),
+                outcome: label(outcome),
             })
             .inc();
         self.attempt_duration
-            .get_or_create(&KindLabel {
-                kind: kind.to_string(),
-            })
+            .get_or_create(&KindLabel { kind: label(kind) })
             .observe(took.as_secs_f64());
     }
 
@@ -200,9 +222,7 @@ impl Metrics {
     /// task's name) ended unexpectedly and is being restarted.
     pub fn task_restarted(&self, task: &str) {
         self.task_restarts
-            .get_or_create(&TaskLabel {
-                task: task.to_string(),
-            })
+            .get_or_create(&TaskLabel { task: label(task) })
             .inc();
     }
 
@@ -236,9 +256,13 @@ impl Metrics {
                 // Drop series for queue/state pairs that emptied since the last scrape.
                 self.queue_depth.clear();
                 for (queue, state, n) in rows {
+                    // Two forged names that map to the same label add up, never overwrite.
                     self.queue_depth
-                        .get_or_create(&QueueState { queue, state })
-                        .set(n);
+                        .get_or_create(&QueueState {
+                            queue: label(&queue),
+                            state: label(&state),
+                        })
+                        .inc_by(n);
                 }
             }
             Err(e) => {
@@ -276,5 +300,14 @@ mod tests {
         assert!(text.contains("lettuce_job_attempt_duration_seconds_count{kind=\"diag.noop\"} 1"));
         assert!(text.contains("# TYPE lettuce_listen_reconnects counter"));
         assert!(text.trim_end().ends_with("# EOF"));
+    }
+
+    #[test]
+    fn label_values_keep_the_name_alphabet_only() {
+        assert_eq!(label("repo.index"), "repo.index");
+        assert_eq!(label("tenant-a:high_1"), "tenant-a:high_1");
+        assert_eq!(label("evil\"} 1\n# x{q=\""), "evil___1___x_q__");
+        assert_eq!(label("é"), "_");
+        assert_eq!(label(&"a".repeat(500)).len(), MAX_LABEL_LEN);
     }
 }

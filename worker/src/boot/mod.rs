@@ -163,8 +163,11 @@ pub async fn run(
     let pool = connect(&config).await?;
     let applied = schema(&pool).await?;
     tracing::info!(schema = ?applied, "schema ready");
-    health.set_pool(pool.clone());
-    metrics.set_pool(pool.clone());
+    // `/readyz` and `/metrics` probe over their own two connections: scrapes never take a
+    // connection that claims, completions or lease heartbeats need.
+    let probes = db::probe_pool(config.database_url.expose()).map_err(BootError::Database)?;
+    health.set_pool(probes.clone());
+    metrics.set_pool(probes);
     let artifacts = artifact_store(&config)?;
     let services = Arc::new(Services::new(pool.clone(), artifacts).with_gates(&gates));
     runtime::run(

@@ -310,6 +310,23 @@ pub async fn connect_with_retry(
     Ok(build_pool(cfg, tls, pool_size))
 }
 
+/// Connections of the probe pool behind `/readyz` and `/metrics`.
+pub const PROBE_POOL_SIZE: usize = 2;
+/// `statement_timeout` of the probe pool's connections: a probe never waits on a slow server.
+const PROBE_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The probe pool for `url`: [`PROBE_POOL_SIZE`] connections, opened on first use, named
+/// `lettuce-worker-probe` (unless the URL names the application), with a short statement
+/// timeout. A flood of scrapes waits on these two connections, never on the job pool's.
+pub fn probe_pool(url: &str) -> Result<DbPool, DbError> {
+    let mut cfg = parse_url(url)?;
+    if cfg.get_application_name().is_none() {
+        cfg.application_name("lettuce-worker-probe");
+    }
+    set_statement_timeout(&mut cfg, Some(PROBE_STATEMENT_TIMEOUT));
+    Ok(build_pool(cfg, tls_for(url)?, PROBE_POOL_SIZE))
+}
+
 /// Builds a pool without connecting (connections open on first use).
 pub fn build_pool(mut cfg: PgConfig, tls: Tls, pool_size: usize) -> DbPool {
     if cfg.get_application_name().is_none() {
