@@ -159,8 +159,10 @@ where
 ///
 /// `WORKER_BIN` wins. Otherwise `<target>/debug/worker` is used when it carries this checkout's
 /// build marker; when it does not (another checkout sharing the target directory built last),
-/// the harness builds one into a target directory of this checkout's own, sharing the build
-/// directory so only the worker crate itself is compiled.
+/// the harness builds one into a target directory of this checkout's own. That build does not
+/// share the build directory: two checkouts' path packages have the same fingerprints there, so
+/// a shared one can keep the other checkout's build-script output (its schema paths and build
+/// marker) when this checkout's files are older.
 pub fn worker_bin() -> PathBuf {
     if let Ok(p) = std::env::var("WORKER_BIN") {
         return PathBuf::from(p);
@@ -196,7 +198,6 @@ fn find_or_build_worker() -> PathBuf {
     if let Some(found) = candidates.iter().find(|c| carries_marker(c)) {
         return found.clone();
     }
-    let build_dir = profile_dir.parent().expect("build dir").to_path_buf();
     let own_target = std::env::temp_dir().join(format!(
         "lettuce-bin-{:016x}",
         source
@@ -209,7 +210,7 @@ fn find_or_build_worker() -> PathBuf {
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["build", "-q", "-p", "lettuce-worker", "--bin", "worker"])
         .current_dir(source.parent().unwrap())
-        .env("CARGO_BUILD_BUILD_DIR", &build_dir)
+        .env_remove("CARGO_BUILD_BUILD_DIR")
         .env("CARGO_TARGET_DIR", &own_target)
         .status()
         .expect("run cargo build for the worker binary");
