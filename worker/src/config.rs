@@ -278,12 +278,31 @@ const DEFAULTS: &[(&str, &str)] = &[
 ];
 
 /// The layered configuration as strings, before typing: one value per known variable.
-#[derive(Debug, Clone, Default)]
+/// `Debug` prints `<redacted>` for the values of [`SECRET_VARIABLES`].
+#[derive(Clone, Default)]
 pub struct RawConfig {
     values: BTreeMap<String, String>,
     /// Variables set by the file or the environment (not by a built-in default).
     explicit: std::collections::BTreeSet<String>,
     config_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for RawConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let values: BTreeMap<&str, &str> = self
+            .values
+            .iter()
+            .map(|(k, v)| {
+                let secret = SECRET_VARIABLES.contains(&k.as_str());
+                (k.as_str(), if secret { "<redacted>" } else { v.as_str() })
+            })
+            .collect();
+        f.debug_struct("RawConfig")
+            .field("values", &values)
+            .field("explicit", &self.explicit)
+            .field("config_file", &self.config_file)
+            .finish()
+    }
 }
 
 impl RawConfig {
@@ -312,6 +331,12 @@ impl RawConfig {
                     }],
                 });
             }
+            check_config_file(path).map_err(|problem| ConfigError {
+                vars: vec![BadVar {
+                    name: "LETTUCE_CONFIG".into(),
+                    problem,
+                }],
+            })?;
             figment = figment.merge(Toml::file_exact(path));
             if let Ok(file) = Figment::from(Toml::file_exact(path)).extract::<Map<String, Value>>()
             {
@@ -633,19 +658,10 @@ impl Parser<'_> {
 
     fn http_addr(&mut self, name: &str) -> Option<SocketAddr> {
         let value = self.string(name);
-        if matches!(
-            value.to_ascii_lowercase().as_str(),
-            "off" | "none" | "disabled"
-        ) {
-            return None;
-        }
-        match value.parse::<SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                self.reject(
-                    name,
-                    format!("`{value}` is not an address like 0.0.0.0:9090 (or `off`)"),
-                );
+        match parse_http_addr(&value) {
+            Ok(a) => a,
+            Err(problem) => {
+                self.reject(name, problem);
                 None
             }
         }
@@ -684,6 +700,85 @@ impl Parser<'_> {
 }
 
 /// `true/false/1/0/yes/no/on/off`, case-insensitive.
+/// `LETTUCE_HTTP_ADDR`: an address, or `None` for `off` (also `none`, `disabled`).
+pub fn parse_http_addr(value: &str) -> Result<Option<SocketAddr>, String> {
+    if matches!(
+        value.trim().to_ascii_lowercase().as_str(),
+        "off" | "none" | "disabled"
+    ) {
+        return Ok(None);
+    }
+    value
+        .trim()
+        .parse::<SocketAddr>()
+        .map(Some)
+        .map_err(|_| format!("`{value}` is not an address like 0.0.0.0:9090 (or `off`)"))
+}
+
+/// The largest `LETTUCE_CONFIG` file read.
+pub const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Reads and parses the `LETTUCE_CONFIG` file before figment sees it, so that a syntax error is
+/// reported by line number and kind only: the TOML parser's own message quotes the offending
+/// line, and that line may hold a password.
+fn check_config_file(path: &std::path::Path) -> Result<(), String> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| {
+            format!(
+                "config file {} cannot be read: {}",
+                path.display(),
+                e.kind()
+            )
+        })?
+        .len();
+    if len > MAX_CONFIG_FILE_BYTES {
+        return Err(format!(
+            "config file {} is larger than {MAX_CONFIG_FILE_BYTES} bytes",
+            path.display()
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "config file {} cannot be read: {}",
+            path.display(),
+            e.kind()
+        )
+    })?;
+    match text.parse::<toml::Table>() {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let at = e
+                .span()
+                .map(|span| {
+                    let start = span.start.min(text.len());
+                    let line = text.as_bytes()[..start]
+                        .iter()
+                        .filter(|b| **b == b'\n')
+                        .count()
+                        + 1;
+                    format!(" at line {line}")
+                })
+                .unwrap_or_default();
+            Err(format!(
+                "config file {} is not valid TOML{at}: {}",
+                path.display(),
+                toml_error_kind(e.message())
+            ))
+        }
+    }
+}
+
+/// The parser's description of a TOML error when it quotes nothing of the file, else a generic
+/// one.
+fn toml_error_kind(message: &str) -> &str {
+    let first = message.lines().next().unwrap_or("");
+    if first.is_empty() || first.len() > 80 || first.contains(['"', '\'', '`']) {
+        "syntax error"
+    } else {
+        first
+    }
+}
+
 pub fn parse_bool(value: &str) -> Option<bool> {
     match value.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Some(true),
@@ -924,6 +1019,44 @@ mod tests {
             err.to_string().contains("unknown key `lettuce_queuez`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn raw_config_debug_never_shows_a_secret_value() {
+        let raw = RawConfig::layer(&env(&[
+            ("DATABASE_URL", "postgres://u:DBSECRET@h/d"),
+            ("LETTUCE_LICENSE_KEY", "LICENSESECRET"),
+            ("LETTUCE_QUEUES", "default=3"),
+        ]))
+        .unwrap();
+        let shown = format!("{raw:?}");
+        assert!(!shown.contains("DBSECRET"), "{shown}");
+        assert!(!shown.contains("LICENSESECRET"), "{shown}");
+        assert!(
+            shown.contains("\"DATABASE_URL\": \"<redacted>\""),
+            "{shown}"
+        );
+        assert!(shown.contains("default=3"), "{shown}");
+    }
+
+    #[test]
+    fn a_toml_syntax_error_names_the_line_and_kind_never_the_text() {
+        let path = toml(
+            "unterminated",
+            "lettuce_queues = \"default=2\"\ndatabase_url = \"postgres://lettuce:PASSWORD@db/lettuce\n",
+        );
+        let err = Config::load(&env(&[("LETTUCE_CONFIG", path.to_str().unwrap())]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not valid TOML at line 2"), "{err}");
+        assert!(!err.contains("PASSWORD"), "{err}");
+        assert!(!err.contains("postgres://"), "{err}");
+        let path = toml("bare", "database_url = postgres://u:SECRET@h/d\n");
+        let err = Config::load(&env(&[("LETTUCE_CONFIG", path.to_str().unwrap())]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at line 1"), "{err}");
+        assert!(!err.contains("SECRET"), "{err}");
     }
 
     #[test]

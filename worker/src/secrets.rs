@@ -104,9 +104,12 @@ impl SecretSource {
                         "LETTUCE_SECRET_STORE=vault needs VAULT_ADDR and VAULT_TOKEN".into(),
                     ));
                 };
+                // Redirects are never followed: one would carry `X-Vault-Token` to whatever
+                // origin the answer names (https → http included).
                 let http = reqwest::Client::builder()
                     .timeout(FETCH_TIMEOUT)
                     .connect_timeout(FETCH_TIMEOUT)
+                    .redirect(reqwest::redirect::Policy::none())
                     .build()
                     .map_err(|e| SecretError::NotConfigured(format!("HTTP client: {e}")))?;
                 Ok(SecretSource::Vault(VaultSource {
@@ -181,6 +184,14 @@ impl VaultSource {
                     store,
                     path,
                     status,
+                });
+            }
+            300..=399 => {
+                return Err(SecretError::Unexpected {
+                    store,
+                    detail: format!(
+                        "HTTP {status} redirect for {path}, not followed (the token is never sent elsewhere; set VAULT_ADDR to the address that answers)"
+                    ),
                 });
             }
             _ => {

@@ -1,14 +1,26 @@
 //! `worker healthcheck`: exit 0 when the local worker's `/healthz` answers 200.
+//!
+//! A liveness probe must not depend on anything but the process it probes: it reads only
+//! `LETTUCE_HTTP_ADDR` (from the environment or the `LETTUCE_CONFIG` file), never the secret
+//! store, the database or the rest of the configuration, so a Vault or Secrets Manager outage
+//! cannot turn a healthy container unhealthy.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use super::fail;
-use crate::config::Config;
+use crate::config::{Env, RawConfig, parse_http_addr};
 
-pub async fn run(config: &Config) -> ExitCode {
-    let Some(addr) = config.http_addr else {
-        return fail("unhealthy: LETTUCE_HTTP_ADDR is off, nothing to probe", 1);
+pub async fn run(env: &Env) -> ExitCode {
+    let raw = match RawConfig::layer(env) {
+        Ok(raw) => raw,
+        Err(e) => return fail(&e.to_string(), 2),
+    };
+    let value = raw.get("LETTUCE_HTTP_ADDR").unwrap_or("0.0.0.0:9090");
+    let addr = match parse_http_addr(value) {
+        Ok(Some(addr)) => addr,
+        Ok(None) => return fail("unhealthy: LETTUCE_HTTP_ADDR is off, nothing to probe", 1),
+        Err(problem) => return fail(&format!("LETTUCE_HTTP_ADDR: {problem}"), 2),
     };
     // A wildcard bind address is probed on loopback.
     let host = if addr.ip().is_unspecified() {

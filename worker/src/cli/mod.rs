@@ -69,6 +69,11 @@ pub async fn dispatch(cli: Cli, env: Env) -> ExitCode {
             print!("{}", crate::db::schema::script());
             return ExitCode::SUCCESS;
         }
+        Command::Healthcheck => {
+            // Liveness reads only its address: no secret store, no database.
+            crate::telemetry::init_logging(log_format_hint(&env));
+            return healthcheck::run(&env).await;
+        }
         Command::CheckConfig(args) => {
             // check-config reports a configuration that does not load as a failed check.
             crate::telemetry::init_logging(log_format_hint(&env));
@@ -110,8 +115,9 @@ pub async fn dispatch(cli: Cli, env: Env) -> ExitCode {
         Command::Enqueue(args) => enqueue::run(args, config).await,
         Command::Jobs { command } => jobs::run(command, config).await,
         Command::Schema { command } => schema::run(command, config).await,
-        Command::Healthcheck => healthcheck::run(&config).await,
-        Command::License { .. } | Command::Init(_) => unreachable!("handled above"),
+        Command::Healthcheck | Command::License { .. } | Command::Init(_) => {
+            unreachable!("handled above")
+        }
     }
 }
 

@@ -1,0 +1,170 @@
+//! Operator trust (issue 13): a liveness probe that depends on nothing but the process, and a
+//! configuration file whose syntax errors never print what the file holds. Each test runs the
+//! real binary.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use xtests::services::free_port;
+use xtests::{TestDb, WorkerProcess, run_worker};
+
+/// A loopback listener standing in for a secret store: counts the connections it gets and
+/// answers none of them.
+async fn counting_listener() -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(AtomicUsize::new(0));
+    let count = seen.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            held.push(s);
+        }
+    });
+    (addr, seen)
+}
+
+async fn run(args: &'static [&'static str], env: HashMap<String, String>) -> (i32, String, String) {
+    tokio::task::spawn_blocking(move || run_worker(args, &env))
+        .await
+        .unwrap()
+}
+
+/// Issue 13, item 2: on dc07b51 `worker healthcheck` loaded the whole configuration, secrets
+/// included, so a secret store that does not answer made every healthy container unhealthy (exit
+/// 2). Now it reads only `LETTUCE_HTTP_ADDR`: exit 0 while the worker runs, with not one
+/// connection to the store and no `DATABASE_URL` at all; exit 1 once the worker is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn healthcheck_reads_only_its_address_never_the_secret_store() {
+    let db = TestDb::new().await;
+    let mut env = db.env();
+    let port = free_port();
+    env.insert("LETTUCE_HTTP_ADDR".into(), format!("127.0.0.1:{port}"));
+    let mut w = WorkerProcess::start(&["run"], &env);
+    w.wait_ready(Duration::from_secs(30)).await;
+
+    let (store, seen) = counting_listener().await;
+    let probe_env: HashMap<String, String> = [
+        ("LETTUCE_HTTP_ADDR", format!("127.0.0.1:{port}")),
+        ("LETTUCE_SECRET_STORE", "vault".to_string()),
+        ("VAULT_ADDR", store),
+        ("VAULT_TOKEN", "probe-token".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let (code, out, err) = run(&["healthcheck"], probe_env.clone()).await;
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        0,
+        "healthcheck contacted the secret store"
+    );
+
+    w.signal(libc::SIGTERM);
+    assert_eq!(w.wait_exit(Duration::from_secs(20)).await, Some(0));
+    let (code, _, err) = run(&["healthcheck"], probe_env).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("unhealthy"), "{err}");
+    assert_eq!(seen.load(Ordering::SeqCst), 0);
+}
+
+/// Issue 13, item 3: on dc07b51 an unterminated string in the `LETTUCE_CONFIG` file made
+/// `check-config` (human and JSON) and `worker run` print the offending line, password included.
+/// Now they name the file, the line and the kind of error only.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_config_file_syntax_error_names_the_line_never_the_secret() {
+    let dir = std::env::temp_dir().join(format!("lettuce-toml-{}", rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("worker.toml");
+    std::fs::write(
+        &path,
+        "lettuce_queues = \"default=2\"\ndatabase_url = \"postgres://lettuce:PASSWORD@db/lettuce\n",
+    )
+    .unwrap();
+    let env: HashMap<String, String> = [
+        ("LETTUCE_CONFIG", path.display().to_string()),
+        ("LETTUCE_HTTP_ADDR", "off".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for args in [
+        &["check-config"][..],
+        &["check-config", "--format", "json"][..],
+        &["run"][..],
+    ] {
+        let args: &'static [&'static str] = Box::leak(args.to_vec().into_boxed_slice());
+        let (code, out, err) = run(args, env.clone()).await;
+        let all = format!("{out}{err}");
+        assert_ne!(code, 0, "{args:?}: {all}");
+        assert!(
+            !all.contains("PASSWORD"),
+            "{args:?} printed the secret:\n{all}"
+        );
+        assert!(!all.contains("postgres://lettuce"), "{args:?}:\n{all}");
+        assert!(
+            all.contains("line 2"),
+            "{args:?} does not name the line:\n{all}"
+        );
+    }
+    assert_eq!(run(&["run"], env).await.0, 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn rand_suffix() -> String {
+    format!(
+        "{}-{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+/// Issue 13, item 3: on dc07b51 the Vault client followed a 307 to another origin and sent
+/// `X-Vault-Token` there. Now a redirect is an error naming it, and the other origin sees nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vault_redirect_is_refused_and_the_token_goes_nowhere_else() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (elsewhere, seen) = counting_listener().await;
+    let vault = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let vault_addr = format!("http://{}", vault.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = vault.accept().await {
+            let elsewhere = elsewhere.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let _ = s.read(&mut buf).await;
+                let answer = format!(
+                    "HTTP/1.1 307 Temporary Redirect\r\nLocation: {elsewhere}/v1/secret/data/lettuce/DATABASE_URL\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let _ = s.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let env: HashMap<String, String> = [
+        ("LETTUCE_SECRET_STORE", "vault".to_string()),
+        ("VAULT_ADDR", vault_addr),
+        ("VAULT_TOKEN", "hvs.redirect-probe-token".to_string()),
+        ("LETTUCE_HTTP_ADDR", "off".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let (code, out, err) = run(&["jobs", "list"], env).await;
+    let all = format!("{out}{err}");
+    assert_eq!(code, 2, "{all}");
+    assert!(all.contains("HTTP 307 redirect"), "{all}");
+    assert!(all.contains("not followed"), "{all}");
+    assert!(!all.contains("redirect-probe-token"), "{all}");
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        0,
+        "the redirect was followed to another origin"
+    );
+}
