@@ -168,3 +168,62 @@ async fn a_vault_redirect_is_refused_and_the_token_goes_nowhere_else() {
         "the redirect was followed to another origin"
     );
 }
+
+/// Issue 13, item 4: on dc07b51 human logs carried ANSI colour codes into a pipe, and with
+/// `LETTUCE_LOG_FORMAT=json` a handler's panic wrote plain multi-line text into the JSON stream.
+/// Now a pipe gets plain text, and every JSON line parses, the panic included (as an event with
+/// its message and location).
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_stay_json_through_a_panic_and_no_colour_reaches_a_pipe() {
+    let db = TestDb::new().await;
+    let client = db.client().await;
+
+    let mut env = db.env();
+    env.insert("LETTUCE_LOG_FORMAT".into(), "json".into());
+    let mut w = WorkerProcess::start(&["run"], &env);
+    w.wait_ready(Duration::from_secs(30)).await;
+    let id: i64 = client
+        .query_one(
+            "SELECT lettuce.enqueue('diag.panic', max_attempts => 1)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let (state, _, _) = xtests::wait_final(&client, id, Duration::from_secs(30)).await;
+    assert_eq!(state, "discarded");
+    w.signal(libc::SIGTERM);
+    assert_eq!(w.wait_exit(Duration::from_secs(20)).await, Some(0));
+    let lines = w.output();
+    let mut panic_seen = false;
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}\n{}", lines.join("\n")));
+        if v.pointer("/fields/panic")
+            .and_then(|p| p.as_str())
+            .is_some_and(|p| p.contains("deliberate panic"))
+        {
+            assert!(
+                v.pointer("/fields/location")
+                    .and_then(|l| l.as_str())
+                    .is_some_and(|l| l.contains("diag.rs")),
+                "{line}"
+            );
+            panic_seen = true;
+        }
+    }
+    assert!(panic_seen, "no JSON panic event:\n{}", lines.join("\n"));
+
+    // Human format into a pipe (the test's), colour codes nowhere.
+    let env = db.env();
+    let mut w = WorkerProcess::start(&["run"], &env);
+    w.wait_ready(Duration::from_secs(30)).await;
+    w.signal(libc::SIGTERM);
+    assert_eq!(w.wait_exit(Duration::from_secs(20)).await, Some(0));
+    let text = w.output().join("\n");
+    assert!(
+        !text.contains('\u{1b}'),
+        "ANSI codes in piped logs:\n{text}"
+    );
+    assert!(text.contains("worker ready"), "{text}");
+}

@@ -85,7 +85,40 @@ pub fn init(format: LogFormat, otlp: Option<&OtlpSettings>) -> Result<Telemetry,
     Ok(Telemetry { provider })
 }
 
+/// Colour codes only on a terminal, and never when `NO_COLOR` is set (to anything but empty):
+/// `docker logs`, journald and files get plain text.
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// Routes panics through `tracing`, so that with `LETTUCE_LOG_FORMAT=json` every line of stderr
+/// stays one JSON object (the default hook writes several plain lines). A handler's panic is
+/// still caught by its attempt and recorded as the attempt's error.
+fn route_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic with a non-text payload".to_string());
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let thread = std::thread::current();
+        let backtrace = std::backtrace::Backtrace::capture();
+        if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+            tracing::error!(target: "lettuce_worker::panic", panic = %payload, %location, thread = thread.name().unwrap_or("unnamed"), backtrace = %backtrace, "panic");
+        } else {
+            tracing::error!(target: "lettuce_worker::panic", panic = %payload, %location, thread = thread.name().unwrap_or("unnamed"), "panic");
+        }
+    }));
+}
+
 fn install(format: LogFormat, provider: Option<&SdkTracerProvider>) {
+    route_panics();
     let otel = provider.map(otel_layer);
     let log_filter =
         || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -105,6 +138,7 @@ fn install(format: LogFormat, provider: Option<&SdkTracerProvider>) {
         LogFormat::Human => registry
             .with(
                 tracing_subscriber::fmt::layer()
+                    .with_ansi(colour())
                     .with_writer(std::io::stderr)
                     .with_filter(log_filter())
                     .with_filter(not_backend_only()),
