@@ -177,6 +177,24 @@ async fn a_failed_tls_handshake_is_named_and_never_retried() {
     assert!(text.contains("sslrootcert"), "{text}");
     assert!(!text.contains("host, port, user and password"), "{text}");
 
+    // `sslmode=require` with `sslrootcert` verifies the chain too (as libpq): the same stranger
+    // CA fails the handshake instead of being skipped (issue 13, item 3).
+    let mut require = env.clone();
+    require.insert(
+        "DATABASE_URL".into(),
+        format!(
+            "{}{sep}sslmode=require&sslrootcert={}",
+            db.url,
+            ca.0.display()
+        ),
+    );
+    let (code, err, _) = run_timed(&["jobs", "list"], &require).await;
+    assert_eq!(
+        code, 5,
+        "sslmode=require skipped the sslrootcert check: {err}"
+    );
+    assert!(err.contains("TLS"), "{err}");
+
     // A one-shot command and `run` end at once (exit 5), saying it was not retried.
     for args in [&["jobs", "list"][..], &["run"][..]] {
         let (code, err, took) = run_timed(args, &env).await;

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `disable` | never | — |
 //! | `prefer` (the default) | when the server offers TLS | no (as libpq) |
-//! | `require` | always, or the connection fails | no (as libpq) |
+//! | `require` | always, or the connection fails | no, unless `sslrootcert` is given: then as `verify-ca` (as libpq) |
 //! | `verify-ca` | always | chain to `sslrootcert` (or the system roots) |
 //! | `verify-full` | always | chain and host name |
 //!
@@ -105,8 +105,13 @@ pub fn split(url: &str) -> (String, TlsPolicy) {
         verify: Verify::None,
         root_cert: None,
     };
+    let mut require = false;
     let mut take = |key: &str, value: &str| -> Option<String> {
         match (key, value) {
+            ("sslmode", "require") => {
+                require = true;
+                Some("require".into())
+            }
             ("sslrootcert", v) => {
                 policy.root_cert = Some(PathBuf::from(
                     percent_encoding::percent_decode_str(v)
@@ -154,6 +159,10 @@ pub fn split(url: &str) -> (String, TlsPolicy) {
             .collect::<Vec<_>>()
             .join(" ")
     };
+    // libpq: given a root certificate file, `require` verifies the chain as `verify-ca` does.
+    if require && policy.root_cert.is_some() && matches!(policy.verify, Verify::None) {
+        policy.verify = Verify::Ca;
+    }
     (rewritten, policy)
 }
 
@@ -348,6 +357,18 @@ mod tests {
             assert_eq!(p.verify, Verify::None);
             assert_eq!(p.root_cert, None);
         }
+    }
+
+    #[test]
+    fn require_with_a_root_cert_verifies_the_chain_as_libpq_does() {
+        let (url, p) = split("postgres://db/x?sslmode=require&sslrootcert=%2Fca.pem");
+        assert_eq!(url, "postgres://db/x?sslmode=require");
+        assert_eq!(p.verify, Verify::Ca);
+        let (_, p) = split("host=db sslrootcert=/ca.pem sslmode=require");
+        assert_eq!(p.verify, Verify::Ca);
+        // verify-full keeps its host-name check.
+        let (_, p) = split("postgres://db/x?sslmode=verify-full&sslrootcert=%2Fca.pem");
+        assert_eq!(p.verify, Verify::Full);
     }
 
     #[test]
