@@ -227,3 +227,50 @@ async fn logs_stay_json_through_a_panic_and_no_colour_reaches_a_pipe() {
     );
     assert!(text.contains("worker ready"), "{text}");
 }
+
+/// Issue 13, item 3: on dc07b51 URLs carrying `user:password@` were printed verbatim by
+/// check-config (human and JSON), by the logs and in library errors. Now the userinfo of every
+/// URL is `***` wherever it is printed.
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_in_urls_are_never_printed() {
+    let db = TestDb::new().await;
+    let dead = free_port();
+    let mut env = db.env();
+    for (k, v) in [
+        ("LETTUCE_SECRET_STORE", "vault".to_string()),
+        (
+            "VAULT_ADDR",
+            format!("http://vaultuser:VAULTPASS@127.0.0.1:{dead}"),
+        ),
+        ("VAULT_TOKEN", "hvs.x".to_string()),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://oteluser:OTELPASS@127.0.0.1:{dead}"),
+        ),
+        (
+            "CODEWAZE_S3_ENDPOINT",
+            format!("http://s3user:S3PASS@127.0.0.1:{dead}"),
+        ),
+        ("CODEWAZE_S3_BUCKET", "b".to_string()),
+    ] {
+        env.insert(k.into(), v);
+    }
+    for args in [
+        &["check-config"][..],
+        &["check-config", "--format", "json"][..],
+        &["jobs", "list"][..],
+        &["run"][..],
+    ] {
+        let args: &'static [&'static str] = Box::leak(args.to_vec().into_boxed_slice());
+        let (code, out, err) = run(args, env.clone()).await;
+        let all = format!("{out}{err}");
+        assert_ne!(code, 0, "{args:?}: {all}");
+        for secret in ["VAULTPASS", "OTELPASS", "S3PASS", "vaultuser"] {
+            assert!(!all.contains(secret), "{args:?} printed {secret}:\n{all}");
+        }
+        assert!(
+            all.contains("***@127.0.0.1"),
+            "{args:?}: nothing redacted?\n{all}"
+        );
+    }
+}

@@ -102,12 +102,10 @@ pub async fn run_env(args: Args, env: &Env) -> ExitCode {
     let failed = checks.iter().any(|c| c.level == Level::Fail);
     if args.format == "json" {
         let doc = serde_json::json!({ "ok": !failed, "offline": args.offline, "checks": checks });
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&doc).expect("report serialises")
-        );
+        let text = serde_json::to_string_pretty(&doc).expect("report serialises");
+        println!("{}", crate::redact::userinfo(&text));
     } else {
-        print!("{}", render_human(&checks));
+        print!("{}", crate::redact::userinfo(&render_human(&checks)));
     }
     if failed {
         ExitCode::from(1)

@@ -144,7 +144,7 @@ fn log_format_hint(env: &Env) -> LogFormat {
 
 /// Prints the error as the last line on stderr and returns its exit code.
 pub(crate) fn fail(message: &str, code: u8) -> ExitCode {
-    eprintln!("{message}");
+    eprintln!("{}", crate::redact::userinfo(message));
     ExitCode::from(code)
 }
 

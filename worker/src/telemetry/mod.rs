@@ -130,7 +130,7 @@ fn install(format: LogFormat, provider: Option<&SdkTracerProvider>) {
             .with(
                 tracing_subscriber::fmt::layer()
                     .json()
-                    .with_writer(std::io::stderr)
+                    .with_writer(crate::redact::stderr)
                     .with_filter(log_filter())
                     .with_filter(not_backend_only()),
             )
@@ -139,7 +139,7 @@ fn install(format: LogFormat, provider: Option<&SdkTracerProvider>) {
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_ansi(colour())
-                    .with_writer(std::io::stderr)
+                    .with_writer(crate::redact::stderr)
                     .with_filter(log_filter())
                     .with_filter(not_backend_only()),
             )
