@@ -3,7 +3,10 @@
 //!
 //! A write goes to a `.tmp-<uuid>` file in the final directory and is renamed over the final
 //! path only after every byte was written and synced, so a reader never sees a partial file
-//! under a key. A write that fails or is dropped mid-way removes its temp file.
+//! under a key. A write that fails or is dropped mid-way removes its temp file. Files are created
+//! with mode 0640 (whatever the umask allows of it), and the directory is synced after the
+//! rename, so a completed artifact survives a power cut. Temp files a crash left behind are
+//! swept at boot ([`LocalStore::sweep_temp`]).
 
 use std::path::{Path, PathBuf};
 
@@ -77,7 +80,11 @@ impl LocalStore {
             path: dir.join(format!(".tmp-{}", uuid::Uuid::new_v4())),
             done: false,
         };
-        let mut file = tokio::fs::File::create(&temp.path)
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o640)
+            .open(&temp.path)
             .await
             .map_err(Self::err(&temp.path))?;
         let mut hasher = Hasher::default();
@@ -101,6 +108,13 @@ impl LocalStore {
             .await
             .map_err(Self::err(&path))?;
         temp.done = true;
+        // The rename is durable once the directory entry is.
+        tokio::fs::File::open(&dir)
+            .await
+            .map_err(Self::err(&dir))?
+            .sync_all()
+            .await
+            .map_err(Self::err(&dir))?;
         let (size, sha256) = hasher.finish();
         Ok(Written {
             key: key.to_string(),
@@ -108,6 +122,46 @@ impl LocalStore {
             sha256,
             etag: None,
         })
+    }
+
+    /// Removes `.tmp-*` files under the root not modified for `older_than` (a write in progress
+    /// touches its file with every chunk, so only a crash's leftovers are that old). Returns how
+    /// many were removed. Errors are logged, never fatal: this is housekeeping.
+    pub fn sweep_temp(&self, older_than: std::time::Duration) -> usize {
+        let mut removed = 0;
+        let mut dirs = vec![self.root.clone()];
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                if kind.is_dir() {
+                    dirs.push(entry.path());
+                    continue;
+                }
+                if !kind.is_file() || !entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                    continue;
+                }
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|m| m.elapsed().ok())
+                    .is_some_and(|age| age >= older_than);
+                if old {
+                    match std::fs::remove_file(entry.path()) {
+                        Ok(()) => removed += 1,
+                        Err(e) => {
+                            tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a stale artifact temp file")
+                        }
+                    }
+                }
+            }
+        }
+        removed
     }
 
     pub async fn get_small(&self, key: &str) -> Result<Vec<u8>, ArtifactError> {
@@ -174,6 +228,41 @@ mod tests {
             self.0 -= n;
             std::task::Poll::Ready(Ok(()))
         }
+    }
+
+    #[tokio::test]
+    async fn artifacts_are_0640_and_stale_temp_files_are_swept() {
+        use std::os::unix::fs::PermissionsExt;
+        let (store, dir) = store();
+        let cancel = CancellationToken::new();
+        store
+            .put("jobs/1/a.bin", &b"payload"[..], &cancel)
+            .await
+            .unwrap();
+        let mode = std::fs::metadata(store.path_of("jobs/1/a.bin"))
+            .unwrap()
+            .permissions()
+            .mode();
+        // 0640 as far as the umask allows: never group-writable or world-readable.
+        assert_eq!(mode & 0o137, 0, "mode {mode:o}");
+        assert_eq!(mode & 0o600, 0o600, "mode {mode:o}");
+
+        let stale = store.path_of("jobs/1/.tmp-crashed");
+        let fresh = store.path_of("jobs/1/.tmp-writing");
+        std::fs::write(&stale, b"x").unwrap();
+        std::fs::write(&fresh, b"x").unwrap();
+        let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        std::fs::File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(two_hours_ago)
+            .unwrap();
+        assert_eq!(store.sweep_temp(std::time::Duration::from_secs(3600)), 1);
+        assert!(!stale.exists());
+        assert!(fresh.exists(), "a temp file still being written was swept");
+        assert!(store.path_of("jobs/1/a.bin").exists());
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[tokio::test]

@@ -135,6 +135,16 @@ pub fn artifact_store(config: &Config) -> Result<Arc<ArtifactStore>, BootError> 
         tracing::warn!("{warning}");
     }
     tracing::info!(store = %store.describe(), "artifact store");
+    if let ArtifactStore::Local(local) = &store {
+        // A crash mid-write leaves a `.tmp-*` file; an hour without a write means nobody owns it.
+        let local = local.clone();
+        tokio::task::spawn_blocking(move || {
+            let removed = local.sweep_temp(std::time::Duration::from_secs(3600));
+            if removed > 0 {
+                tracing::info!(removed, "removed stale artifact temp files");
+            }
+        });
+    }
     Ok(Arc::new(store))
 }
 
