@@ -13,6 +13,13 @@
 //! | `lettuce_jobs_in_flight` | gauge | `queue` |
 //! | `lettuce_queue_depth` | gauge | `queue`, `state` (`available`, `scheduled`, `running`, `retryable`) |
 //! | `lettuce_listen_reconnects_total` | counter | — |
+//! | `lettuce_queue_oldest_available_age_seconds` | gauge | `queue` (whole database, read at scrape; 0 when none waits) |
+//! | `lettuce_queue_slots` | gauge | `queue` (this process's `LETTUCE_QUEUES` concurrency) |
+//! | `lettuce_build_info` | gauge (1) | `version` |
+//!
+//! Configured queues are exported from the start (0 in flight, 0 age), not only once a job ran.
+//! The depth and age series are whole-database figures that every replica exports: aggregate
+//! them with `max by (queue, …)`, never `sum`.
 //!
 //! Label values come from job rows (queue and kind names), so they are written only in the
 //! name alphabet `[A-Za-z0-9_.:-]`, at most [`MAX_LABEL_LEN`] bytes: any other character becomes
@@ -71,6 +78,11 @@ struct QueueLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TaskLabel {
     task: String,
 }
@@ -104,6 +116,10 @@ pub struct Metrics {
     queue_depth: Family<QueueState, Gauge>,
     listen_reconnects: Counter,
     task_restarts: Family<TaskLabel, Counter>,
+    oldest_available: Family<QueueLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    queue_slots: Family<QueueLabel, Gauge>,
+    /// The queues this process serves: their age series stay (at 0) when nothing waits.
+    configured: Mutex<Vec<String>>,
     /// The pool the depth query uses; set once the schema is applied.
     pool: Mutex<Option<DbPool>>,
     /// The listener's counters; set when the runtime starts it.
@@ -128,6 +144,30 @@ impl Default for Metrics {
         let queue_depth = Family::<QueueState, Gauge>::default();
         let listen_reconnects = Counter::default();
         let task_restarts = Family::<TaskLabel, Counter>::default();
+        let oldest_available =
+            Family::<QueueLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let queue_slots = Family::<QueueLabel, Gauge>::default();
+        let build_info = Family::<VersionLabel, Gauge>::default();
+        build_info
+            .get_or_create(&VersionLabel {
+                version: label(crate::VERSION),
+            })
+            .set(1);
+        registry.register(
+            "lettuce_build_info",
+            "The worker's version (always 1)",
+            build_info,
+        );
+        registry.register(
+            "lettuce_queue_oldest_available_age_seconds",
+            "Seconds since the oldest available job of each queue became runnable (whole database, read at scrape; aggregate with max)",
+            oldest_available.clone(),
+        );
+        registry.register(
+            "lettuce_queue_slots",
+            "Concurrent attempts this process runs per queue (LETTUCE_QUEUES)",
+            queue_slots.clone(),
+        );
         registry.register(
             "lettuce_task_restarts",
             "Long-running tasks of this process (producers, lease keeper, listener, completer, maintenance) that ended unexpectedly or panicked and were restarted",
@@ -172,6 +212,9 @@ impl Default for Metrics {
             queue_depth,
             listen_reconnects,
             task_restarts,
+            oldest_available,
+            queue_slots,
+            configured: Mutex::new(Vec::new()),
             pool: Mutex::new(None),
             listener: Mutex::new(None),
         }
@@ -187,6 +230,20 @@ impl Metrics {
     /// The listener whose reconnects are reported.
     pub fn set_listener(&self, stats: Arc<ListenerStats>) {
         *self.listener.lock().expect("metrics lock") = Some(stats);
+    }
+
+    /// The queues this process serves and their slots: their series start at 0.
+    pub fn set_queues(&self, queues: &[(String, usize)]) {
+        let mut configured = self.configured.lock().expect("metrics lock");
+        for (name, slots) in queues {
+            let q = QueueLabel { queue: label(name) };
+            self.queue_slots
+                .get_or_create(&q)
+                .set(i64::try_from(*slots).unwrap_or(i64::MAX));
+            let _ = self.in_flight.get_or_create(&q);
+            let _ = self.oldest_available.get_or_create(&q);
+            configured.push(label(name));
+        }
     }
 
     /// An attempt started: `pickup` is the time from `run_at` to the claim.
@@ -270,6 +327,26 @@ impl Metrics {
                 self.queue_depth.clear();
                 tracing::warn!(error = %e, "queue depth query failed during a scrape");
             }
+        }
+        let oldest = crate::db::jobs::oldest_available(&pool).await;
+        self.oldest_available.clear();
+        let configured = self.configured.lock().expect("metrics lock").clone();
+        match oldest {
+            Ok(rows) => {
+                for queue in configured {
+                    let _ = self.oldest_available.get_or_create(&QueueLabel { queue });
+                }
+                for (queue, age) in rows {
+                    let g = self.oldest_available.get_or_create(&QueueLabel {
+                        queue: label(&queue),
+                    });
+                    // Two forged names that map to one label: the older wins.
+                    if age > g.get() {
+                        g.set(age);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "oldest-available query failed during a scrape"),
         }
     }
 }

@@ -274,3 +274,73 @@ async fn credentials_in_urls_are_never_printed() {
         );
     }
 }
+
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// Issue 13, item 5 (part): on dc07b51 a queue that had not run a job yet exported nothing,
+/// and nothing said how long the oldest job had waited or what version runs. Now configured
+/// queues start at 0, slots are exported, and the oldest available job's age is read at scrape.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_start_at_zero_and_show_the_oldest_waiting_job() {
+    let db = TestDb::new().await;
+    let mut env = db.env();
+    let port = free_port();
+    env.insert("LETTUCE_HTTP_ADDR".into(), format!("127.0.0.1:{port}"));
+    env.insert("LETTUCE_QUEUES".into(), "default=3,reports=2".into());
+    let mut w = WorkerProcess::start(&["run"], &env);
+    w.wait_ready(Duration::from_secs(30)).await;
+    let client = db.client().await;
+    // A job in a queue nobody serves, runnable for 90 s already.
+    client
+        .execute(
+            "SELECT lettuce.enqueue('diag.noop', queue => 'backlog', run_at => now() - interval '90 seconds')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        sample(&text, "lettuce_queue_slots{queue=\"default\"}"),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "lettuce_queue_slots{queue=\"reports\"}"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "lettuce_jobs_in_flight{queue=\"reports\"}"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "lettuce_queue_oldest_available_age_seconds{queue=\"reports\"}"
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    let age = sample(
+        &text,
+        "lettuce_queue_oldest_available_age_seconds{queue=\"backlog\"}",
+    )
+    .unwrap_or_else(|| panic!("no age for backlog:\n{text}"));
+    assert!((90.0..200.0).contains(&age), "age {age}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("lettuce_build_info{version=\"") && l.ends_with(" 1")),
+        "{text}"
+    );
+    w.signal(libc::SIGTERM);
+    assert_eq!(w.wait_exit(Duration::from_secs(20)).await, Some(0));
+}

@@ -633,6 +633,28 @@ pub async fn queue_depth(pool: &DbPool) -> Result<Vec<(String, String, i64)>, Db
         .collect())
 }
 
+/// Per queue, seconds since the oldest `available` job became runnable (`now() - run_at`):
+/// the latency an SRE pages on. Bounded like [`queue_depth`]; only non-final rows are read.
+pub async fn oldest_available(pool: &DbPool) -> Result<Vec<(String, f64)>, DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.batch_execute("SET LOCAL statement_timeout = 2000")
+        .await?;
+    let rows = tx
+        .query(
+            "SELECT queue, GREATEST(0, EXTRACT(EPOCH FROM now() - min(run_at)))::float8
+               FROM lettuce.job_queue
+              WHERE state = 'available'
+              GROUP BY queue
+              ORDER BY queue
+              LIMIT 1000",
+            &[],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
 /// A job whose lease expired and was taken back from a presumed-dead worker.
 #[derive(Debug, Clone)]
 pub struct Rescued {

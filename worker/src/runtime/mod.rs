@@ -189,6 +189,13 @@ pub async fn run(
     );
     let listener_stats = Arc::new(ListenerStats::default());
     deps.metrics.set_listener(listener_stats.clone());
+    deps.metrics.set_queues(
+        &config
+            .queues
+            .iter()
+            .map(|q| (q.name.clone(), q.concurrency))
+            .collect::<Vec<_>>(),
+    );
     let pg_config = db::parse_url(config.database_url.expose())?;
     let tls = db::tls_for(config.database_url.expose())?;
     let (control_tx, control_rx) = mpsc::unbounded_channel();
