@@ -404,3 +404,31 @@ async fn keygen_mint_inspect_and_run_end_to_end() {
     assert_eq!(code, 0);
     assert!(out.contains("(this token)"), "{out}");
 }
+
+/// Issue 13, item 3: on dc07b51 `license keygen --force` followed a `private.pem` symlink and
+/// wrote the private key into its target. Now the symlink itself is replaced and the target keeps
+/// its content; the key file is 0600.
+#[test]
+fn keygen_never_writes_the_private_key_through_a_symlink() {
+    let scratch = Scratch::new("keygen-symlink");
+    let out = scratch.path("keys");
+    std::fs::create_dir_all(&out).unwrap();
+    let target = scratch.path("victim.txt");
+    std::fs::write(&target, "not a key\n").unwrap();
+    std::os::unix::fs::symlink(&target, out.join("private.pem")).unwrap();
+    let (code, stdout, err) = run_worker(
+        &["license", "keygen", "--out", &s(&out), "--force"],
+        &HashMap::new(),
+    );
+    assert_eq!(code, 0, "{stdout}{err}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "not a key\n");
+    let private = out.join("private.pem");
+    let meta = std::fs::symlink_metadata(&private).unwrap();
+    assert!(meta.file_type().is_file(), "private.pem is still a symlink");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert!(
+        std::fs::read_to_string(&private)
+            .unwrap()
+            .contains("PRIVATE KEY")
+    );
+}

@@ -193,9 +193,28 @@ pub fn write_cache(
 /// Reads the cache file, if there is a readable one. Used only for the clock high-water mark
 /// and for display; never for a decision about the license.
 pub fn read_cache(path: &Path) -> Option<CacheFile> {
-    let bytes = fs::read(path).ok()?;
+    use std::io::Read as _;
+    // O_NONBLOCK: a FIFO at the cache path returns at once instead of hanging boot; anything but
+    // a regular file, or a file over 64 KiB (a real cache is a few hundred bytes), is ignored.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || meta.len() > MAX_CACHE_FILE_LEN {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    (&file)
+        .take(MAX_CACHE_FILE_LEN + 1)
+        .read_to_end(&mut bytes)
+        .ok()?;
     serde_json::from_slice(&bytes).ok()
 }
+
+/// The largest license cache file read.
+const MAX_CACHE_FILE_LEN: u64 = 64 * 1024;
 
 /// The gate without logging: verifies the configured license at `now`, updates the cache and
 /// collects warnings. `None` when the worker is not self-hosted.
@@ -218,7 +237,21 @@ pub fn evaluate(config: &Config, now: OffsetDateTime) -> Result<Option<License>,
         ));
     }
     let mut high_water = now;
-    if let Some(previous) = read_cache(&config.license_cache_path) {
+    // A mark later than this license's expiry cannot come from a verification of it (one past
+    // `exp` fails): it is implausible (a hand-edited or corrupted cache) and is ignored, so it
+    // cannot stick as the high-water mark forever.
+    let previous = read_cache(&config.license_cache_path).filter(|p| {
+        let plausible = p.verified_at.unix_timestamp() <= claims.exp;
+        if !plausible {
+            warnings.push(format!(
+                "ignoring the implausible verification time {} in {} (after this license's expiry)",
+                p.verified_at.format(&Rfc3339).unwrap_or_default(),
+                config.license_cache_path.display()
+            ));
+        }
+        plausible
+    });
+    if let Some(previous) = previous {
         let behind = (previous.verified_at - now).whole_seconds();
         if behind > CLOCK_BEHIND_WARN_SECS {
             warnings.push(format!(

@@ -204,7 +204,7 @@ fn init(args: &Args, now: OffsetDateTime) -> Result<String, InitError> {
     let mut backups = Vec::new();
     for file in &files {
         let path = out.join(file.name);
-        if let Ok(old) = std::fs::read(&path) {
+        if let Some(old) = read_existing(&path)? {
             if old == file.content.as_bytes() {
                 continue;
             }
@@ -549,11 +549,61 @@ fn is_env_backup(path: &Path) -> bool {
         .is_some_and(|n| n.starts_with(".env.bak-"))
 }
 
+/// The largest file `init` compares with what it would write.
+const MAX_EXISTING_BYTES: u64 = 1024 * 1024;
+
+/// The current content of `path` when it is a regular file (`None` when it does not exist).
+/// Anything else there — a symlink, a FIFO (reading one would hang), a directory, a device —
+/// or a file over 1 MiB is refused, `--force` or not: `init` replaces only what it wrote.
+fn read_existing(path: &Path) -> Result<Option<Vec<u8>>, InitError> {
+    use std::io::Read as _;
+    let meta = match path.symlink_metadata() {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(InitError::io(path, e)),
+    };
+    let refuse = |why: &str| {
+        InitError::io(
+            path,
+            std::io::Error::other(format!("{why}; refusing to replace it")),
+        )
+    };
+    if !meta.file_type().is_file() {
+        return Err(refuse(
+            "is not a regular file (a symlink, FIFO, directory or device)",
+        ));
+    }
+    if meta.len() > MAX_EXISTING_BYTES {
+        return Err(refuse("is larger than 1 MiB"));
+    }
+    // O_NOFOLLOW and O_NONBLOCK: if the file was swapped for a symlink or a FIFO since the check
+    // above, the open fails or returns at once instead of following or hanging.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| InitError::io(path, e))?;
+    if !f.metadata().map_err(|e| InitError::io(path, e))?.is_file() {
+        return Err(refuse("is not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    (&f).take(MAX_EXISTING_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| InitError::io(path, e))?;
+    Ok(Some(bytes))
+}
+
 /// Writes `content` to a temporary file created with `mode` (so a secret file is never readable
-/// by others, not even briefly), syncs it, and renames it over `path`.
+/// by others, not even briefly), syncs it, and links it in at `path` without replacing anything:
+/// a file that appeared at `path` since the backup (another `init`, an operator's editor) is
+/// kept, and this write fails naming it.
 fn write_atomically(path: &Path, content: &str, mode: u32) -> Result<(), InitError> {
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
+    let tmp = path.with_file_name(format!(
+        ".{file_name}.tmp-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     let result = (|| {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -562,17 +612,75 @@ fn write_atomically(path: &Path, content: &str, mode: u32) -> Result<(), InitErr
             .open(&tmp)?;
         f.write_all(content.as_bytes())?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::hard_link(&tmp, path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                std::io::Error::other(
+                    "it appeared while init was writing; it was kept, not replaced",
+                )
+            } else {
+                e
+            }
+        })
     })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        InitError::io(path, e)
-    })
+    let _ = std::fs::remove_file(&tmp);
+    result.map_err(|e| InitError::io(path, e))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn scratch() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("lettuce-init-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn existing_fifos_and_symlinks_are_refused_never_read_or_followed() {
+        let dir = scratch();
+        let fifo = dir.join(".env");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // Returns at once (reading a FIFO would hang until a writer came).
+        let err = read_existing(&fifo).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+
+        let target = dir.join("elsewhere");
+        std::fs::write(&target, "theirs").unwrap();
+        let link = dir.join("docker-compose.yml");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = read_existing(&link).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "theirs");
+
+        assert!(read_existing(&dir.join("absent")).unwrap().is_none());
+        std::fs::write(dir.join("plain"), "x").unwrap();
+        assert_eq!(read_existing(&dir.join("plain")).unwrap().unwrap(), b"x");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_file_that_appears_meanwhile_is_kept_not_replaced() {
+        let dir = scratch();
+        let path = dir.join(".env");
+        write_atomically(&path, "ours\n", 0o600).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "ours\n");
+        // Someone else's .env created after the backup step: the final link refuses it.
+        std::fs::write(&path, "theirs\n").unwrap();
+        let err = write_atomically(&path, "ours again\n", 0o600)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("appeared while init was writing"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "theirs\n");
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .collect();
+        assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn compose_template_has_the_pieces_init_rewrites() {

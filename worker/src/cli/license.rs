@@ -96,7 +96,7 @@ fn keygen(out: &Path, force: bool) -> ExitCode {
     let public_path = out.join("public.pem");
     if !force {
         for p in [&private_path, &public_path] {
-            if p.exists() {
+            if p.symlink_metadata().is_ok() {
                 return fail(
                     &format!(
                         "error: {} exists; refusing to replace a key (use --force)",
@@ -113,8 +113,14 @@ fn keygen(out: &Path, force: bool) -> ExitCode {
         Err(e) => return fail(&format!("error: cannot encode the private key: {e}"), 1),
     };
     let written = fs::create_dir_all(out)
-        .and_then(|()| write_private(&private_path, private_pem.as_bytes()))
-        .and_then(|()| fs::write(&public_path, license::public_key_pem(&key.verifying_key())));
+        .and_then(|()| write_new_file(&private_path, private_pem.as_bytes(), 0o600))
+        .and_then(|()| {
+            write_new_file(
+                &public_path,
+                license::public_key_pem(&key.verifying_key()).as_bytes(),
+                0o644,
+            )
+        });
     if let Err(e) = written {
         return fail(
             &format!("error: cannot write the keypair in {}: {e}", out.display()),
@@ -126,18 +132,32 @@ fn keygen(out: &Path, force: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Writes the private key so that it is never readable by others, not even for a moment: the
-/// file is created 0600 and the mode is set again in case it already existed (`--force`).
-fn write_private(path: &Path, pem: &[u8]) -> io::Result<()> {
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.set_permissions(fs::Permissions::from_mode(0o600))?;
-    file.write_all(pem)?;
-    file.sync_all()
+/// Writes `bytes` to a new temporary file created with `mode` in `path`'s directory (a private
+/// key is never readable by others, not even for a moment), syncs it and renames it over `path`.
+/// The rename replaces whatever `path` is — a symlink included — and never writes through it:
+/// a `private.pem` symlink cannot send the key to its target.
+fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("key");
+    let tmp = path.with_file_name(format!(
+        ".{name}.tmp-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let written = (|| {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 fn mint(args: MintArgs) -> ExitCode {

@@ -1061,3 +1061,35 @@ fn a_clock_behind_the_high_water_mark_warns_and_the_mark_never_moves_back() {
     assert!(f.run(later).unwrap().unwrap().warnings.is_empty());
     assert_eq!(read_cache(&cache).unwrap().verified_at, later);
 }
+
+#[test]
+fn a_far_future_mark_fifo_or_huge_cache_is_ignored_never_stuck_or_hung() {
+    let c = claims();
+    let f = GateFixture::new("future-mark").with_token(&sign(&c, &key(1)));
+    let cache = f.dir.join("license.json");
+    assert!(f.run(now()).unwrap().unwrap().warnings.is_empty());
+    // A hand-edited mark in the year 2200: ignored with a warning, replaced by now.
+    let text = fs::read_to_string(&cache).unwrap();
+    let mut doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    doc["verified_at"] = json!("2200-01-01T00:00:00Z");
+    fs::write(&cache, doc.to_string()).unwrap();
+    let license = f.run(now()).unwrap().unwrap();
+    assert!(
+        license.warnings.iter().any(|w| w.contains("implausible")),
+        "{:?}",
+        license.warnings
+    );
+    assert!(!license.warnings.iter().any(|w| w.contains("behind")));
+    assert_eq!(read_cache(&cache).unwrap().verified_at, now());
+
+    // A FIFO at the cache path: read_cache returns at once (a blocking open would hang boot).
+    fs::remove_file(&cache).unwrap();
+    let c_path = std::ffi::CString::new(cache.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    assert!(read_cache(&cache).is_none());
+    fs::remove_file(&cache).unwrap();
+
+    // A huge file is not read.
+    fs::write(&cache, vec![b' '; 200 * 1024]).unwrap();
+    assert!(read_cache(&cache).is_none());
+}
