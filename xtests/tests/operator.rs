@@ -213,6 +213,24 @@ async fn logs_stay_json_through_a_panic_and_no_colour_reaches_a_pipe() {
         }
     }
     assert!(panic_seen, "no JSON panic event:\n{}", lines.join("\n"));
+    // The ready line says which build and which worker this is.
+    let ready: serde_json::Value = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v.pointer("/fields/message").and_then(|m| m.as_str()) == Some("worker ready"))
+        .expect("a worker ready line");
+    assert_eq!(
+        ready.pointer("/fields/version").and_then(|v| v.as_str()),
+        Some(lettuce_worker::VERSION),
+        "{ready}"
+    );
+    assert!(
+        ready
+            .pointer("/fields/worker_id")
+            .and_then(|v| v.as_str())
+            .is_some_and(|id| !id.is_empty()),
+        "{ready}"
+    );
 
     // Human format into a pipe (the test's), colour codes nowhere.
     let env = db.env();

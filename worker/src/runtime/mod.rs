@@ -288,6 +288,7 @@ pub async fn run(
     producers.close();
     deps.health.set_ready();
     tracing::info!(
+        version = crate::VERSION,
         worker_id = %worker.id,
         queues = %config.queues.iter().map(|q| format!("{}={}", q.name, q.concurrency)).collect::<Vec<_>>().join(","),
         kinds = %shared.kinds.join(","),
