@@ -16,6 +16,11 @@
 //! | `lettuce_queue_oldest_available_age_seconds` | gauge | `queue` (whole database, read at scrape; 0 when none waits) |
 //! | `lettuce_queue_slots` | gauge | `queue` (this process's `LETTUCE_QUEUES` concurrency) |
 //! | `lettuce_build_info` | gauge (1) | `version` |
+//! | `lettuce_jobs_rescued_total` | counter | — (jobs this process's rescuer took back from expired leases) |
+//! | `lettuce_late_writes_refused_total` | counter | — (outcomes fenced out: the job was rescued, cancelled or reassigned) |
+//! | `lettuce_jobs_handed_back_total` | counter | — (running jobs returned unspent at shutdown) |
+//! | `lettuce_outcomes_abandoned_total` | counter | — (outcomes not even writable as `discarded`, left to rescue) |
+//! | `lettuce_running_cancelled_total` | counter | — (running attempts stopped by an operator cancel) |
 //!
 //! Configured queues are exported from the start (0 in flight, 0 age), not only once a job ran.
 //! The depth and age series are whole-database figures that every replica exports: aggregate
@@ -57,6 +62,31 @@ pub fn label(value: &str) -> String {
         })
         .collect()
 }
+
+/// Names (without `_total`) and help of the counters mirrored from `RuntimeStats`, in the
+/// order of [`Metrics::runtime_values`].
+const RUNTIME_COUNTERS: [(&str, &str); 5] = [
+    (
+        "lettuce_jobs_rescued",
+        "Jobs this process's rescuer took back from expired leases",
+    ),
+    (
+        "lettuce_late_writes_refused",
+        "Outcomes refused by the fence: the job was rescued, cancelled or reassigned since the attempt began",
+    ),
+    (
+        "lettuce_jobs_handed_back",
+        "Running jobs handed back unspent at shutdown",
+    ),
+    (
+        "lettuce_outcomes_abandoned",
+        "Outcomes the database refused even as discarded, left to lease expiry and rescue",
+    ),
+    (
+        "lettuce_running_cancelled",
+        "Running attempts stopped because an operator cancelled their job",
+    ),
+];
 
 /// The content type of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -122,6 +152,9 @@ pub struct Metrics {
     configured: Mutex<Vec<String>>,
     /// The pool the depth query uses; set once the schema is applied.
     pool: Mutex<Option<DbPool>>,
+    /// The runtime's counters, mirrored into `runtime_counters` at scrape.
+    runtime: Mutex<Option<Arc<crate::runtime::RuntimeStats>>>,
+    runtime_counters: [Counter; 5],
     /// The listener's counters; set when the runtime starts it.
     listener: Mutex<Option<Arc<ListenerStats>>>,
 }
@@ -203,7 +236,13 @@ impl Default for Metrics {
             "Times the LISTEN connection was re-established after a drop",
             listen_reconnects.clone(),
         );
+        let runtime_counters: [Counter; 5] = Default::default();
+        for (counter, (name, help)) in runtime_counters.iter().zip(RUNTIME_COUNTERS) {
+            registry.register(name, help, counter.clone());
+        }
         Metrics {
+            runtime: Mutex::new(None),
+            runtime_counters,
             registry,
             finished,
             attempt_duration,
@@ -225,6 +264,22 @@ impl Metrics {
     /// The pool the scrape-time depth query uses.
     pub fn set_pool(&self, pool: DbPool) {
         *self.pool.lock().expect("metrics lock") = Some(pool);
+    }
+
+    /// The runtime whose counters are exported.
+    pub fn set_runtime_stats(&self, stats: Arc<crate::runtime::RuntimeStats>) {
+        *self.runtime.lock().expect("metrics lock") = Some(stats);
+    }
+
+    fn runtime_values(stats: &crate::runtime::RuntimeStats) -> [u64; 5] {
+        use std::sync::atomic::Ordering::Relaxed;
+        [
+            stats.rescued.load(Relaxed),
+            stats.refused_late_writes.load(Relaxed),
+            stats.handed_back.load(Relaxed),
+            stats.abandoned_outcomes.load(Relaxed),
+            stats.cancelled_running.load(Relaxed),
+        ]
     }
 
     /// The listener whose reconnects are reported.
@@ -296,6 +351,19 @@ impl Metrics {
             let seen = self.listen_reconnects.get();
             if total > seen {
                 self.listen_reconnects.inc_by(total - seen);
+            }
+        }
+        let runtime = self.runtime.lock().expect("metrics lock").clone();
+        if let Some(stats) = runtime {
+            for (counter, total) in self
+                .runtime_counters
+                .iter()
+                .zip(Self::runtime_values(&stats))
+            {
+                let seen = counter.get();
+                if total > seen {
+                    counter.inc_by(total - seen);
+                }
             }
         }
         let mut out = String::new();

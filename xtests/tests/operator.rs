@@ -362,3 +362,54 @@ async fn metrics_start_at_zero_and_show_the_oldest_waiting_job() {
     w.signal(libc::SIGTERM);
     assert_eq!(w.wait_exit(Duration::from_secs(20)).await, Some(0));
 }
+
+/// Issue 13, item 5 (part): on dc07b51 the runtime counted rescues, fenced late writes,
+/// hand-backs, abandoned outcomes and operator cancels but exported none of them. Now each is a
+/// counter from the start (0) and moves with what happens: here an operator cancel.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_runtime_counters_are_exported_and_count_a_cancel() {
+    let db = TestDb::new().await;
+    let mut env = db.env();
+    let port = free_port();
+    env.insert("LETTUCE_HTTP_ADDR".into(), format!("127.0.0.1:{port}"));
+    let mut w = WorkerProcess::start(&["run"], &env);
+    w.wait_ready(Duration::from_secs(30)).await;
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let scrape = || async { reqwest::get(&url).await.unwrap().text().await.unwrap() };
+    let text = scrape().await;
+    for name in [
+        "lettuce_jobs_rescued_total",
+        "lettuce_late_writes_refused_total",
+        "lettuce_jobs_handed_back_total",
+        "lettuce_outcomes_abandoned_total",
+        "lettuce_running_cancelled_total",
+    ] {
+        assert_eq!(sample(&text, name), Some(0.0), "{name}:\n{text}");
+    }
+    let client = db.client().await;
+    let id = xtests::enqueue_sql(&client, "diag.sleep", serde_json::json!({ "ms": 20000 })).await;
+    xtests::eventually(Duration::from_secs(20), "the sleep to run", || async {
+        let state: String = client
+            .query_one("SELECT state FROM lettuce.jobs WHERE id = $1", &[&id])
+            .await
+            .unwrap()
+            .get(0);
+        (state == "running").then_some(())
+    })
+    .await;
+    let id_text: &'static str = Box::leak(id.to_string().into_boxed_str());
+    let args: &'static [&'static str] =
+        Box::leak(vec!["jobs", "cancel", id_text].into_boxed_slice());
+    let (code, out, err) = run(args, db.env()).await;
+    assert_eq!(code, 0, "{out}{err}");
+    xtests::eventually(
+        Duration::from_secs(20),
+        "the cancel to be counted",
+        || async {
+            (sample(&scrape().await, "lettuce_running_cancelled_total") == Some(1.0)).then_some(())
+        },
+    )
+    .await;
+    w.signal(libc::SIGTERM);
+    assert_eq!(w.wait_exit(Duration::from_secs(20)).await, Some(0));
+}

@@ -189,6 +189,7 @@ pub async fn run(
     );
     let listener_stats = Arc::new(ListenerStats::default());
     deps.metrics.set_listener(listener_stats.clone());
+    deps.metrics.set_runtime_stats(stats.clone());
     deps.metrics.set_queues(
         &config
             .queues
