@@ -376,45 +376,38 @@ impl Metrics {
     async fn refresh_depth(&self) {
         let pool = self.pool.lock().expect("metrics lock").clone();
         let Some(pool) = pool else { return };
-        match crate::db::jobs::queue_depth(&pool).await {
-            Ok(rows) => {
-                // Drop series for queue/state pairs that emptied since the last scrape.
-                self.queue_depth.clear();
-                for (queue, state, n) in rows {
-                    // Two forged names that map to the same label add up, never overwrite.
-                    self.queue_depth
-                        .get_or_create(&QueueState {
-                            queue: label(&queue),
-                            state: label(&state),
-                        })
-                        .inc_by(n);
-                }
-            }
+        let rows = crate::db::jobs::queue_depth(&pool).await;
+        // Drop series for queue/state pairs that emptied since the last scrape.
+        self.queue_depth.clear();
+        self.oldest_available.clear();
+        let rows = match rows {
+            Ok(rows) => rows,
             Err(e) => {
                 // Stale numbers would mislead: report none until the query works again.
-                self.queue_depth.clear();
                 tracing::warn!(error = %e, "queue depth query failed during a scrape");
+                return;
             }
-        }
-        let oldest = crate::db::jobs::oldest_available(&pool).await;
-        self.oldest_available.clear();
+        };
         let configured = self.configured.lock().expect("metrics lock").clone();
-        match oldest {
-            Ok(rows) => {
-                for queue in configured {
-                    let _ = self.oldest_available.get_or_create(&QueueLabel { queue });
-                }
-                for (queue, age) in rows {
-                    let g = self.oldest_available.get_or_create(&QueueLabel {
-                        queue: label(&queue),
-                    });
-                    // Two forged names that map to one label: the older wins.
-                    if age > g.get() {
-                        g.set(age);
-                    }
+        for queue in configured {
+            let _ = self.oldest_available.get_or_create(&QueueLabel { queue });
+        }
+        for (queue, state, n, age) in rows {
+            let queue = label(&queue);
+            // Two forged names that map to the same label add up, never overwrite.
+            self.queue_depth
+                .get_or_create(&QueueState {
+                    queue: queue.clone(),
+                    state: label(&state),
+                })
+                .inc_by(n);
+            if let Some(age) = age {
+                // …and for the age the older wins.
+                let g = self.oldest_available.get_or_create(&QueueLabel { queue });
+                if age > g.get() {
+                    g.set(age);
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "oldest-available query failed during a scrape"),
         }
     }
 }

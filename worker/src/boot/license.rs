@@ -163,10 +163,18 @@ pub fn write_cache(
         _ => PathBuf::from("."),
     };
     fs::create_dir_all(&dir)?;
-    let name = path.file_name().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, "cache path has no file name")
-    })?;
-    let tmp = dir.join(format!(
+    replace_file(path, &json, 0o600)
+}
+
+/// Writes `bytes` to a new temporary file created with `mode` beside `path` (never readable by
+/// others, not even for a moment), syncs it and renames it over `path`. The rename replaces
+/// whatever `path` is — a symlink included — and never writes through it. Used for the license
+/// cache and by `license keygen`.
+pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name"))?;
+    let tmp = path.with_file_name(format!(
         ".{}.tmp-{}-{:08x}",
         name.to_string_lossy(),
         std::process::id(),
@@ -176,11 +184,11 @@ pub fn write_cache(
         let mut file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o600)
+            .mode(mode)
             .open(&tmp)?;
         // The umask can only clear bits, but say exactly what we mean.
-        file.set_permissions(fs::Permissions::from_mode(0o600))?;
-        file.write_all(&json)?;
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(bytes)?;
         file.sync_all()?;
         fs::rename(&tmp, path)
     })();

@@ -3,8 +3,7 @@
 //! prints. `inspect` exits 3 with the gate's own error line, so it answers "would this boot?".
 
 use std::fs;
-use std::io::{self, Read as _, Write as _};
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -113,9 +112,9 @@ fn keygen(out: &Path, force: bool) -> ExitCode {
         Err(e) => return fail(&format!("error: cannot encode the private key: {e}"), 1),
     };
     let written = fs::create_dir_all(out)
-        .and_then(|()| write_new_file(&private_path, private_pem.as_bytes(), 0o600))
+        .and_then(|()| license::replace_file(&private_path, private_pem.as_bytes(), 0o600))
         .and_then(|()| {
-            write_new_file(
+            license::replace_file(
                 &public_path,
                 license::public_key_pem(&key.verifying_key()).as_bytes(),
                 0o644,
@@ -130,34 +129,6 @@ fn keygen(out: &Path, force: bool) -> ExitCode {
     println!("{}", private_path.display());
     println!("{}", public_path.display());
     ExitCode::SUCCESS
-}
-
-/// Writes `bytes` to a new temporary file created with `mode` in `path`'s directory (a private
-/// key is never readable by others, not even for a moment), syncs it and renames it over `path`.
-/// The rename replaces whatever `path` is — a symlink included — and never writes through it:
-/// a `private.pem` symlink cannot send the key to its target.
-fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("key");
-    let tmp = path.with_file_name(format!(
-        ".{name}.tmp-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let written = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written
 }
 
 fn mint(args: MintArgs) -> ExitCode {

@@ -610,16 +610,24 @@ async fn heartbeat_sql(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Jobs in non-final states by queue and state, for `/metrics`. Bounded: the statement may
-/// take at most two seconds and returns at most 1000 groups, so a scrape stays cheap.
-pub async fn queue_depth(pool: &DbPool) -> Result<Vec<(String, String, i64)>, DbError> {
+/// One group of [`queue_depth`]: jobs of `queue` in `state`, and for `available` the seconds
+/// since the oldest of them became runnable (`now() - min(run_at)`, at least 0).
+pub type DepthRow = (String, String, i64, Option<f64>);
+
+/// Jobs in non-final states by queue and state, for `/metrics`, with the oldest available job's
+/// age (the latency an SRE pages on) from the same scan. Bounded: the statement may take at
+/// most two seconds and returns at most 1000 groups, so a scrape stays cheap.
+pub async fn queue_depth(pool: &DbPool) -> Result<Vec<DepthRow>, DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     tx.batch_execute("SET LOCAL statement_timeout = 2000")
         .await?;
     let rows = tx
         .query(
-            "SELECT queue, state, count(*) FROM lettuce.job_queue
+            "SELECT queue, state, count(*),
+                    CASE WHEN state = 'available'
+                         THEN GREATEST(0, EXTRACT(EPOCH FROM now() - min(run_at)))::float8 END
+               FROM lettuce.job_queue
               GROUP BY queue, state
               ORDER BY queue, state
               LIMIT 1000",
@@ -629,30 +637,8 @@ pub async fn queue_depth(pool: &DbPool) -> Result<Vec<(String, String, i64)>, Db
     tx.commit().await?;
     Ok(rows
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .collect())
-}
-
-/// Per queue, seconds since the oldest `available` job became runnable (`now() - run_at`):
-/// the latency an SRE pages on. Bounded like [`queue_depth`]; only non-final rows are read.
-pub async fn oldest_available(pool: &DbPool) -> Result<Vec<(String, f64)>, DbError> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    tx.batch_execute("SET LOCAL statement_timeout = 2000")
-        .await?;
-    let rows = tx
-        .query(
-            "SELECT queue, GREATEST(0, EXTRACT(EPOCH FROM now() - min(run_at)))::float8
-               FROM lettuce.job_queue
-              WHERE state = 'available'
-              GROUP BY queue
-              ORDER BY queue
-              LIMIT 1000",
-            &[],
-        )
-        .await?;
-    tx.commit().await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// A job whose lease expired and was taken back from a presumed-dead worker.
