@@ -549,6 +549,13 @@ async fn retries_back_off_exponentially() {
 async fn cli_enqueue_jobs_and_schema_commands() {
     let db = TestDb::new().await;
     let env = db.env();
+    // Only `run` and `schema apply` create the schema; the other commands say so.
+    let (code, _, err) = run_worker(&["enqueue", "diag.noop"], &env);
+    assert_eq!(code, 6, "{err}");
+    assert!(err.contains("no lettuce schema yet"), "{err}");
+    let (code, out, err) = run_worker(&["schema", "apply"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("schema applied (revision "), "{out}");
     let (code, out, err) = run_worker(
         &[
             "enqueue",

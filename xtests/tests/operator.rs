@@ -413,3 +413,269 @@ async fn the_runtime_counters_are_exported_and_count_a_cancel() {
     w.signal(libc::SIGTERM);
     assert_eq!(w.wait_exit(Duration::from_secs(20)).await, Some(0));
 }
+
+/// The embedded statement list one revision ahead, as a later release would ship it:
+/// `lettuce.enqueue`'s body gains a marker line.
+fn next_revision() -> Vec<(String, String)> {
+    let list = lettuce_worker::db::schema::EMBEDDED;
+    let mut changed = 0;
+    let next = list
+        .statements
+        .iter()
+        .map(|(name, sql)| {
+            let marked = sql.replacen(
+                "#variable_conflict use_column",
+                "#variable_conflict use_column\n-- next revision marker",
+                1,
+            );
+            changed += usize::from(marked != *sql);
+            (name.to_string(), marked)
+        })
+        .collect();
+    assert_eq!(changed, 1, "the marker lands in lettuce.enqueue only");
+    next
+}
+
+/// DDL commands the `count_ddl` event trigger saw since the last call.
+async fn ddl(client: &tokio_postgres::Client) -> i64 {
+    let n: i64 = xtests::scalar(client, "SELECT count(*) FROM public.ddl_seen").await;
+    client
+        .batch_execute("DELETE FROM public.ddl_seen")
+        .await
+        .unwrap();
+    n
+}
+
+/// `name:xmin` of every function in schema `lettuce`: a `CREATE OR REPLACE` rewrites the row.
+async fn function_rows(client: &tokio_postgres::Client) -> String {
+    xtests::scalar(
+        client,
+        "SELECT string_agg(p.oid::regprocedure::text || ':' || p.xmin::text, ',' ORDER BY p.oid)
+           FROM pg_proc p WHERE p.pronamespace = 'lettuce'::regnamespace",
+    )
+    .await
+}
+
+async fn marked(client: &tokio_postgres::Client) -> bool {
+    xtests::scalar::<i64>(
+        client,
+        "SELECT count(*) FROM pg_proc WHERE pronamespace = 'lettuce'::regnamespace
+            AND proname = 'enqueue' AND prosrc LIKE '%next revision marker%'",
+    )
+    .await
+        == 1
+}
+
+/// Issue 13, item 1: on dc07b51 any binary applied its own list whenever the stored digest
+/// differed, so an older binary (a rollback, a mixed fleet, an old CLI) re-created
+/// `lettuce.enqueue` with its older body. Now a newer list applied through the library upgrades
+/// an older schema; the older binary leaves the newer schema alone (`schema apply`, `run`, and
+/// the one-shot commands rewrite no function) and works against it while it declares itself
+/// compatible; once the newer schema's minimum compatible revision passes the binary's, every
+/// command exits 6 naming both revisions.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_older_binary_never_downgrades_a_newer_schema_and_refuses_an_incompatible_one() {
+    use lettuce_worker::db::schema::{Applied, EMBEDDED, StatementList, apply};
+    let db = TestDb::new().await;
+    let env = db.env();
+    let (code, out, err) = run_worker(&["schema", "apply"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    let client = db.client().await;
+    assert!(!marked(&client).await);
+
+    // Newer over older: the next revision, compatible with this binary, upgrades.
+    let owned = next_revision();
+    let statements: Vec<(&str, &str)> = owned
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.as_str()))
+        .collect();
+    let rev = EMBEDDED.revision;
+    let newer = StatementList {
+        revision: rev + 1,
+        min_compatible: rev,
+        statements: &statements,
+    };
+    let pool = lettuce_worker::db::pool_for_url(&db.url, 2).unwrap();
+    assert_eq!(
+        apply(&pool, &newer, false).await.unwrap(),
+        Applied::Applied { from: Some(rev) }
+    );
+    assert!(marked(&client).await, "the newer body is in place");
+    let recorded: String = xtests::scalar(
+        &client,
+        "SELECT revision || '/' || min_compatible_revision FROM lettuce.schema_state",
+    )
+    .await;
+    assert_eq!(recorded, format!("{}/{rev}", rev + 1));
+
+    // Older over newer: nothing is rewritten, and the older binary works against it.
+    let functions = function_rows(&client).await;
+    let (code, out, err) = run_worker(&["schema", "apply"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("left as it is"), "{out}");
+    let (code, out, err) = run_worker(&["enqueue", "diag.noop"], &env);
+    assert_eq!(code, 0, "{err}");
+    let id: i64 = out.trim().parse().unwrap();
+    let mut w = WorkerProcess::start(&["run"], &env);
+    w.wait_ready(Duration::from_secs(30)).await;
+    assert_eq!(
+        xtests::wait_final(&client, id, Duration::from_secs(20))
+            .await
+            .0,
+        "completed"
+    );
+    w.signal(libc::SIGTERM);
+    assert_eq!(w.wait_exit(Duration::from_secs(20)).await, Some(0));
+    assert!(
+        w.printed("newer revision that declares this binary compatible"),
+        "{:?}",
+        w.output()
+    );
+    assert_eq!(
+        function_rows(&client).await,
+        functions,
+        "no function rewritten"
+    );
+    assert!(marked(&client).await);
+
+    // The newer schema stops declaring this binary compatible: every command refuses, exit 6.
+    let incompatible = StatementList {
+        min_compatible: rev + 1,
+        ..newer
+    };
+    apply(&pool, &incompatible, true).await.unwrap();
+    let functions = function_rows(&client).await;
+    for args in [
+        &["run"][..],
+        &["schema", "apply"],
+        &["jobs", "list"],
+        &["enqueue", "diag.noop"],
+    ] {
+        let (code, out, err) = run_worker(args, &env);
+        assert_eq!(code, 6, "{args:?}: {out}{err}");
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("SchemaError: ")
+                && last.contains(&format!("revision {}", rev + 1))
+                && last.contains(&format!(
+                    "this binary ({}) is revision {rev}",
+                    lettuce_worker::VERSION
+                )),
+            "{args:?}: {last}"
+        );
+    }
+    assert_eq!(
+        function_rows(&client).await,
+        functions,
+        "no function rewritten"
+    );
+    let (code, out, _) = run_worker(&["check-config", "--format", "json"], &env);
+    assert_eq!(code, 1, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let schema = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "schema")
+        .unwrap();
+    assert_eq!(schema["level"], "fail", "{schema}");
+}
+
+/// Issue 13, item 1: on dc07b51 one `worker jobs list` ran the whole statement list (18 DDL
+/// commands) and logged 14 `NOTICE … already exists` lines at INFO. An event trigger in the test
+/// database counts every DDL command: the one-shot commands and a `worker run` over an applied
+/// schema run none; a forced `schema apply` (which the trigger does count) logs no NOTICE; a
+/// command over an older schema, or a missing database, changes nothing and says what to run.
+#[tokio::test(flavor = "multi_thread")]
+async fn read_only_commands_run_no_ddl_and_applying_logs_no_notices() {
+    let db = TestDb::new().await;
+    let env = db.env();
+    let (code, out, err) = run_worker(&["schema", "apply"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE public.ddl_seen (tag text NOT NULL);
+             CREATE FUNCTION public.count_ddl() RETURNS event_trigger LANGUAGE plpgsql AS
+               $$ BEGIN INSERT INTO public.ddl_seen VALUES (tg_tag); END $$;
+             CREATE EVENT TRIGGER count_ddl ON ddl_command_start EXECUTE FUNCTION public.count_ddl();",
+        )
+        .await
+        .unwrap();
+
+    let mut quiet = env.clone();
+    quiet.insert("RUST_LOG".into(), "info".into());
+    let (code, out, err) = run_worker(&["schema", "apply"], &quiet);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        ddl(&client).await >= 10,
+        "the trigger counts the forced apply"
+    );
+    assert!(
+        !err.contains("already exists") && !err.contains("NOTICE"),
+        "{err}"
+    );
+
+    let (code, out, err) = run_worker(&["enqueue", "diag.noop"], &quiet);
+    assert_eq!(code, 0, "{err}");
+    let id = out.trim().to_string();
+    let later = run_worker(
+        &["enqueue", "diag.noop", "--run-at", "2999-01-01T00:00:00Z"],
+        &quiet,
+    )
+    .1
+    .trim()
+    .to_string();
+    for args in [
+        vec!["jobs", "list"],
+        vec!["jobs", "list", "--json"],
+        vec!["jobs", "show", &id],
+        vec!["jobs", "cancel", &later],
+        vec!["jobs", "retry", &later],
+    ] {
+        let (code, out, err) = run_worker(&args, &quiet);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+    }
+    run_worker(&["check-config"], &quiet);
+    assert_eq!(ddl(&client).await, 0, "one-shot commands run no DDL");
+
+    let mut w = WorkerProcess::start(&["run"], &quiet);
+    w.wait_ready(Duration::from_secs(30)).await;
+    w.signal(libc::SIGTERM);
+    assert_eq!(w.wait_exit(Duration::from_secs(20)).await, Some(0));
+    assert_eq!(
+        ddl(&client).await,
+        0,
+        "a boot over the current schema runs no DDL"
+    );
+
+    // A schema recorded before revisions existed reads as revision 0: older than the binary.
+    client
+        .batch_execute("UPDATE lettuce.schema_state SET revision = 0")
+        .await
+        .unwrap();
+    let (code, _, err) = run_worker(&["jobs", "list"], &quiet);
+    assert_eq!(code, 6, "{err}");
+    assert!(
+        err.contains("revision 0, older than this binary's revision")
+            && err.contains("worker schema apply"),
+        "{err}"
+    );
+    assert_eq!(ddl(&client).await, 0);
+
+    // A missing database is not created by a command that changes nothing.
+    let absent = TestDb::absent();
+    let mut env = absent.env();
+    env.insert("LETTUCE_DB_CONNECT_TIMEOUT_MS".into(), "2000".into());
+    let (code, _, err) = run_worker(&["jobs", "list"], &env);
+    assert_eq!(code, 5, "{err}");
+    let exists: i64 = xtests::scalar(
+        &client,
+        &format!(
+            "SELECT count(*) FROM pg_database WHERE datname = '{}'",
+            absent.name
+        ),
+    )
+    .await;
+    assert_eq!(exists, 0, "jobs list created no database");
+}

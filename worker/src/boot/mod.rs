@@ -37,7 +37,7 @@ pub enum BootError {
     #[error("DatabaseUnavailable: {0}")]
     Database(DbError),
     #[error("SchemaError: {0}")]
-    Schema(DbError),
+    Schema(db::schema::SchemaError),
     #[error("HttpError: cannot listen on LETTUCE_HTTP_ADDR={addr}: {error}")]
     Http { addr: String, error: String },
     #[error("RuntimeError: {0}")]
@@ -60,19 +60,29 @@ impl BootError {
 
 /// Gate 5: connect (creating the database when missing), with retry.
 pub async fn connect(config: &Config) -> Result<DbPool, BootError> {
+    connect_to(config, true).await
+}
+
+/// [`connect`] for commands that change nothing: a missing database is an error, not created.
+pub async fn connect_existing(config: &Config) -> Result<DbPool, BootError> {
+    connect_to(config, false).await
+}
+
+async fn connect_to(config: &Config, create_missing: bool) -> Result<DbPool, BootError> {
     db::connect_with_retry(
         config.database_url.expose(),
         config.db_pool_size,
         config.db_connect_timeout,
         Some(config.db_statement_timeout),
+        create_missing,
     )
     .await
     .map_err(BootError::Database)
 }
 
-/// Gate 6: apply the schema.
+/// Gate 6: apply the embedded schema (never over a newer revision; see [`db::schema`]).
 pub async fn schema(pool: &DbPool) -> Result<db::schema::Applied, BootError> {
-    db::schema::apply(pool, false)
+    db::schema::apply(pool, &db::schema::EMBEDDED, false)
         .await
         .map_err(BootError::Schema)
 }
@@ -171,8 +181,18 @@ pub async fn run(
             })?;
     }
     let pool = connect(&config).await?;
-    let applied = schema(&pool).await?;
-    tracing::info!(schema = ?applied, "schema ready");
+    match schema(&pool).await? {
+        db::schema::Applied::LeftNewer { database } => tracing::info!(
+            database_revision = database,
+            binary_revision = db::schema::EMBEDDED.revision,
+            "schema ready: the database is at a newer revision that declares this binary compatible; left as it is"
+        ),
+        applied => tracing::info!(
+            schema = ?applied,
+            revision = db::schema::EMBEDDED.revision,
+            "schema ready"
+        ),
+    }
     // `/readyz` and `/metrics` probe over their own two connections: scrapes never take a
     // connection that claims, completions or lease heartbeats need.
     let probes = db::probe_pool(config.database_url.expose()).map_err(BootError::Database)?;

@@ -619,35 +619,91 @@ async fn database_checks(config: &Config, offline: bool) -> Vec<Check> {
             },
         )
     });
-    v.push(match db::schema::state(&pool).await {
-        Ok(Some(true)) => check("schema", Level::Ok, "applied and matches this binary"),
-        Ok(state) if !facts.can_create => hinted(
-            "schema",
-            Level::Fail,
-            match state {
-                None => "not applied, and this role cannot apply it",
-                _ => "differs from this binary, and this role cannot reapply it",
-            },
-            "grant the CREATE privilege above, or run `worker schema apply` as a role that has it",
-        ),
-        Ok(None) => check(
-            "schema",
-            Level::Warn,
-            "not applied yet; `worker run` applies it at boot",
-        ),
-        Ok(Some(false)) => check(
-            "schema",
-            Level::Warn,
-            "differs from this binary's statement list; `worker run` reapplies it at boot",
-        ),
-        Err(e) => hinted(
-            "schema",
-            Level::Fail,
-            e.to_string(),
-            "the role must be able to read lettuce.schema_state",
-        ),
-    });
+    v.push(schema_check(
+        db::schema::state(&pool).await,
+        facts.can_create,
+    ));
     v
+}
+
+/// The `schema` check: what the database records against this binary's revision.
+fn schema_check(state: Result<Option<db::schema::Stored>, db::DbError>, can_create: bool) -> Check {
+    use std::cmp::Ordering;
+    let list = db::schema::EMBEDDED;
+    let stored = match state {
+        Ok(s) => s,
+        Err(e) => {
+            return hinted(
+                "schema",
+                Level::Fail,
+                e.to_string(),
+                "the role must be able to read lettuce.schema_state",
+            );
+        }
+    };
+    let current = stored
+        .as_ref()
+        .is_some_and(|s| s.revision == list.revision && s.digest == list.digest());
+    if current {
+        return check(
+            "schema",
+            Level::Ok,
+            format!("revision {} applied and matches this binary", list.revision),
+        );
+    }
+    if let Some(s) = stored.as_ref().filter(|s| s.revision > list.revision) {
+        return if list.revision >= s.min_compatible {
+            check(
+                "schema",
+                Level::Ok,
+                format!(
+                    "revision {} (applied by worker {}) is newer than this binary's {} and \
+                     compatible with it; this binary leaves it as it is",
+                    s.revision, s.version, list.revision
+                ),
+            )
+        } else {
+            hinted(
+                "schema",
+                Level::Fail,
+                format!(
+                    "revision {} (applied by worker {}) runs binaries of revision {} or newer; \
+                     this binary is revision {}",
+                    s.revision, s.version, s.min_compatible, list.revision
+                ),
+                "run the release that applied the schema (or a newer one)",
+            )
+        };
+    }
+    let found = match &stored {
+        None => "not applied".to_string(),
+        Some(s) => match s.revision.cmp(&list.revision) {
+            Ordering::Less => format!(
+                "at revision {}, older than this binary's {}",
+                s.revision, list.revision
+            ),
+            _ => format!(
+                "at revision {} but differs from this binary's statement list",
+                s.revision
+            ),
+        },
+    };
+    if !can_create {
+        return hinted(
+            "schema",
+            Level::Fail,
+            format!("{found}, and this role cannot apply it"),
+            "grant the CREATE privilege above, or run `worker schema apply` as a role that has it",
+        );
+    }
+    check(
+        "schema",
+        Level::Warn,
+        format!(
+            "{found}; `worker run` applies revision {} at boot (or run `worker schema apply`)",
+            list.revision
+        ),
+    )
 }
 
 async fn artifact_check(config: &Config, offline: bool) -> Check {

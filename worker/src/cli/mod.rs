@@ -170,13 +170,17 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Connects for a one-shot command and makes sure the schema is there.
+/// Connects for a one-shot command and checks that this binary can use the schema there. Runs
+/// no DDL: only `worker run` and `worker schema apply` change the schema.
 pub(crate) async fn connect_for_command(config: &Config) -> Result<crate::db::DbPool, ExitCode> {
-    let pool = crate::boot::connect(config)
+    let pool = crate::boot::connect_existing(config)
         .await
         .map_err(|e| fail(&e.to_string(), e.exit_code()))?;
-    crate::boot::schema(&pool)
+    crate::db::schema::require_usable(&pool)
         .await
-        .map_err(|e| fail(&e.to_string(), e.exit_code()))?;
+        .map_err(|e| {
+            let e = BootError::Schema(e);
+            fail(&e.to_string(), e.exit_code())
+        })?;
     Ok(pool)
 }

@@ -24,12 +24,22 @@ pub async fn run(command: Command, config: Config) -> ExitCode {
                 Ok(p) => p,
                 Err(e) => return fail(&e.to_string(), e.exit_code()),
             };
-            match crate::db::schema::apply(&pool, true).await {
+            let list = crate::db::schema::EMBEDDED;
+            match crate::db::schema::apply(&pool, &list, true).await {
+                Ok(crate::db::schema::Applied::LeftNewer { database }) => {
+                    println!(
+                        "schema left as it is: the database is at revision {database}, newer than \
+                         this binary's {}, and declares it compatible",
+                        list.revision
+                    );
+                    ExitCode::SUCCESS
+                }
                 Ok(_) => {
                     println!(
-                        "schema applied ({} statements, digest {})",
-                        crate::db::schema::STATEMENTS.len(),
-                        crate::db::schema::digest()
+                        "schema applied (revision {}, {} statements, digest {})",
+                        list.revision,
+                        list.statements.len(),
+                        list.digest()
                     );
                     ExitCode::SUCCESS
                 }

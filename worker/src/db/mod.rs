@@ -163,15 +163,23 @@ pub fn describe(cfg: &PgConfig) -> String {
     )
 }
 
-/// Connects once, creating the database when the server says it does not exist.
-async fn connect_once(cfg: &PgConfig, tls: &Tls) -> Result<(), tokio_postgres::Error> {
+/// Connects once; with `create_missing`, creates the database when the server says it does not
+/// exist.
+async fn connect_once(
+    cfg: &PgConfig,
+    tls: &Tls,
+    create_missing: bool,
+) -> Result<(), tokio_postgres::Error> {
     match cfg.connect(tls.clone()).await {
         Ok((client, conn)) => {
             drop(client);
             drop(conn);
             Ok(())
         }
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) => {
+        Err(e)
+            if create_missing
+                && e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) =>
+        {
             let Some(name) = cfg.get_dbname() else {
                 return Err(e);
             };
@@ -260,11 +268,14 @@ pub fn classify_connect_error(e: &tokio_postgres::Error) -> ConnectFailure {
 /// Connects with retry until `timeout` has passed, then builds the pool. Each attempt is bounded
 /// by what is left of `timeout` (and [`ATTEMPT_TIMEOUT`]), so a server that accepts TCP and never
 /// answers cannot hold boot past it. A [`ConnectFailure::Permanent`] failure ends at once.
+/// With `create_missing` (boot), a database that does not exist is created; without it
+/// (one-shot commands, which change nothing), that is a permanent failure.
 pub async fn connect_with_retry(
     url: &str,
     pool_size: usize,
     timeout: Duration,
     statement_timeout: Option<Duration>,
+    create_missing: bool,
 ) -> Result<DbPool, DbError> {
     let mut cfg = parse_url(url)?;
     set_statement_timeout(&mut cfg, statement_timeout);
@@ -274,26 +285,27 @@ pub async fn connect_with_retry(
     loop {
         let left = timeout.saturating_sub(started.elapsed());
         let attempt = left.clamp(Duration::from_millis(100), ATTEMPT_TIMEOUT);
-        let (reason, text) = match tokio::time::timeout(attempt, connect_once(&cfg, &tls)).await {
-            Ok(Ok(())) => break,
-            Ok(Err(e)) => match classify_connect_error(&e) {
-                ConnectFailure::Permanent(reason) => {
-                    return Err(DbError::Refused {
-                        target: describe(&cfg),
-                        reason,
-                        error: error_text(&e),
-                    });
-                }
-                ConnectFailure::Transient(reason) => (reason, error_text(&e)),
-            },
-            Err(_) => (
-                "no answer in time",
-                format!(
-                    "the server did not complete the connection within {} ms",
-                    attempt.as_millis()
+        let (reason, text) =
+            match tokio::time::timeout(attempt, connect_once(&cfg, &tls, create_missing)).await {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => match classify_connect_error(&e) {
+                    ConnectFailure::Permanent(reason) => {
+                        return Err(DbError::Refused {
+                            target: describe(&cfg),
+                            reason,
+                            error: error_text(&e),
+                        });
+                    }
+                    ConnectFailure::Transient(reason) => (reason, error_text(&e)),
+                },
+                Err(_) => (
+                    "no answer in time",
+                    format!(
+                        "the server did not complete the connection within {} ms",
+                        attempt.as_millis()
+                    ),
                 ),
-            ),
-        };
+            };
         let waited = started.elapsed();
         if waited >= timeout {
             return Err(DbError::Unreachable {

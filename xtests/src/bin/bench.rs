@@ -171,7 +171,8 @@ async fn fresh_db(with_schema: bool) -> Result<(TestDb, Client)> {
     let db = TestDb::new().await;
     if with_schema {
         let pool = lettuce_worker::db::pool_for_url(&plain(&db.url), 1)?;
-        lettuce_worker::db::schema::apply(&pool, false).await?;
+        lettuce_worker::db::schema::apply(&pool, &lettuce_worker::db::schema::EMBEDDED, false)
+            .await?;
     }
     let client = db.client().await;
     Ok((db, client))
