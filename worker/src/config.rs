@@ -430,8 +430,17 @@ impl Config {
     /// fetched from it before typing. This is what `worker run` and the other commands use;
     /// `Config::load` stays the pure, offline path.
     pub async fn load_with_secrets(env: &Env) -> Result<Config, ConfigError> {
+        Config::load_with_secrets_only(env, None).await
+    }
+
+    /// [`Config::load_with_secrets`] reading from the secret store only the secret variables in
+    /// `only` (every one with `None`); the others keep what the environment and file say.
+    pub async fn load_with_secrets_only(
+        env: &Env,
+        only: Option<&[&str]>,
+    ) -> Result<Config, ConfigError> {
         let mut raw = RawConfig::layer(env)?;
-        let filled = crate::secrets::fill(&mut raw, env).await;
+        let filled = crate::secrets::fill_only(&mut raw, env, only).await;
         let typed = Config::from_raw(raw);
         match (filled, typed) {
             (Ok(filled), Ok(mut config)) => {

@@ -354,6 +354,16 @@ pub struct Filled {
 /// Fills every secret variable that neither the file nor the environment set from the store
 /// `LETTUCE_SECRET_STORE` names. Errors name the variable being fetched.
 pub async fn fill(raw: &mut RawConfig, env: &Env) -> Result<Filled, Vec<BadVar>> {
+    fill_only(raw, env, None).await
+}
+
+/// [`fill`] limited to the secret variables in `only` (all of them with `None`): a command reads
+/// from the store only the secrets it uses.
+pub async fn fill_only(
+    raw: &mut RawConfig,
+    env: &Env,
+    only: Option<&[&str]>,
+) -> Result<Filled, Vec<BadVar>> {
     let source = SecretSource::from_raw(raw, env).map_err(|e| {
         vec![BadVar {
             name: "LETTUCE_SECRET_STORE".into(),
@@ -369,7 +379,7 @@ pub async fn fill(raw: &mut RawConfig, env: &Env) -> Result<Filled, Vec<BadVar>>
     }
     let mut bad = Vec::new();
     for name in store_variables() {
-        if raw.is_explicit(name) {
+        if raw.is_explicit(name) || only.is_some_and(|only| !only.contains(&name)) {
             continue;
         }
         match source.fetch(name).await {

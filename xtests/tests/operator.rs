@@ -98,7 +98,12 @@ async fn a_config_file_syntax_error_names_the_line_never_the_secret() {
         &["run"][..],
     ] {
         let args: &'static [&'static str] = Box::leak(args.to_vec().into_boxed_slice());
-        let (code, out, err) = run(args, env.clone()).await;
+        let mut env = env.clone();
+        if args[0] == "jobs" {
+            // `jobs` reads only DATABASE_URL from the store: make it ask (and fail).
+            env.remove("DATABASE_URL");
+        }
+        let (code, out, err) = run(args, env).await;
         let all = format!("{out}{err}");
         assert_ne!(code, 0, "{args:?}: {all}");
         assert!(
@@ -280,7 +285,12 @@ async fn credentials_in_urls_are_never_printed() {
         &["run"][..],
     ] {
         let args: &'static [&'static str] = Box::leak(args.to_vec().into_boxed_slice());
-        let (code, out, err) = run(args, env.clone()).await;
+        let mut env = env.clone();
+        if args[0] == "jobs" {
+            // `jobs` reads only DATABASE_URL from the store: make it ask (and fail).
+            env.remove("DATABASE_URL");
+        }
+        let (code, out, err) = run(args, env).await;
         let all = format!("{out}{err}");
         assert_ne!(code, 0, "{args:?}: {all}");
         for secret in ["VAULTPASS", "OTELPASS", "S3PASS", "vaultuser"] {
@@ -678,4 +688,32 @@ async fn read_only_commands_run_no_ddl_and_applying_logs_no_notices() {
     )
     .await;
     assert_eq!(exists, 0, "jobs list created no database");
+}
+
+/// Issue 13, item 2 ("each command loads only what it uses"): on dc07b51 `enqueue`, `jobs …`
+/// and `schema apply` read every secret variable from the store, so a store that is down stopped
+/// them (exit 2) even with `DATABASE_URL` in the environment. Now they read only
+/// `DATABASE_URL`, and with it given the store gets not one connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_shot_commands_read_only_the_database_secret() {
+    let db = TestDb::new().await;
+    let mut env = db.env();
+    let (code, out, err) = run_worker(&["schema", "apply"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    let (store, seen) = counting_listener().await;
+    env.insert("LETTUCE_SECRET_STORE".into(), "vault".into());
+    env.insert("VAULT_ADDR".into(), store);
+    env.insert("VAULT_TOKEN".into(), "cli-token".into());
+    env.insert("LETTUCE_SELF_HOSTED".into(), "1".into());
+    let (code, out, err) = run(&["enqueue", "diag.noop"], env.clone()).await;
+    assert_eq!(code, 0, "{out}{err}");
+    for args in [&["jobs", "list"][..], &["schema", "apply"]] {
+        let (code, out, err) = run_worker(args, &env);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+    }
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        0,
+        "a one-shot command read the store"
+    );
 }

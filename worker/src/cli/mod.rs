@@ -83,7 +83,14 @@ pub async fn dispatch(cli: Cli, env: Env) -> ExitCode {
     }
     // The secret store (LETTUCE_SECRET_STORE) fills secret variables the environment leaves
     // unset; a store that is down or lacks a required secret is a config error (exit 2).
-    let config = match Config::load_with_secrets(&env).await {
+    // Each command reads only the secrets it uses: the one-shot database commands need
+    // DATABASE_URL alone, so a secret store that is down cannot stop them when the environment
+    // gives it.
+    let secrets: Option<&[&str]> = match command {
+        Command::Run => None,
+        _ => Some(&["DATABASE_URL"]),
+    };
+    let config = match Config::load_with_secrets_only(&env, secrets).await {
         Ok(c) => c,
         Err(e) => {
             crate::telemetry::init_logging(log_format_hint(&env));
