@@ -1,14 +1,15 @@
 //! Prometheus metrics, served as OpenMetrics text on `/metrics`.
 //!
-//! The executor records what it sees per attempt (finished jobs, attempt duration, pickup
-//! latency, in-flight); queue depth is a query run at scrape time (bounded by a statement
+//! The executor records what it sees per attempt (finished attempts, attempt duration, pickup
+//! latency, in-flight) and the completer the final states its writes reached; queue depth is a query run at scrape time (bounded by a statement
 //! timeout, only non-final states, so a large history never makes a scrape slow); LISTEN
 //! reconnects are read from the listener's own counter at scrape time.
 //!
 //! | metric | type | labels |
 //! |---|---|---|
-//! | `lettuce_jobs_finished_total` | counter | `kind`, `outcome` (`completed`, `error`, `discarded`, `snoozed`, `cancelled`, `handed_back`, `lost`) |
-//! | `lettuce_job_attempt_duration_seconds` | histogram | `kind` |
+//! | `lettuce_job_attempts_total` | counter | `kind`, `queue`, `outcome` (`completed`, `error`, `discarded`, `snoozed`, `cancelled`, `handed_back`, `lost`): attempts, so an `error` is a retry unless the attempts ran out |
+//! | `lettuce_jobs_final_total` | counter | `kind`, `queue`, `state` (`completed`, `discarded`, `cancelled`): jobs this process's writes left in a final state |
+//! | `lettuce_job_attempt_duration_seconds` | histogram | `kind`, `queue` |
 //! | `lettuce_job_pickup_latency_seconds` | histogram | `queue` (from `run_at` to the claim's `attempted_at`) |
 //! | `lettuce_jobs_in_flight` | gauge | `queue` |
 //! | `lettuce_queue_depth` | gauge | `queue`, `state` (`available`, `scheduled`, `running`, `retryable`) |
@@ -21,6 +22,11 @@
 //! | `lettuce_jobs_handed_back_total` | counter | — (running jobs returned unspent at shutdown) |
 //! | `lettuce_outcomes_abandoned_total` | counter | — (outcomes not even writable as `discarded`, left to rescue) |
 //! | `lettuce_running_cancelled_total` | counter | — (running attempts stopped by an operator cancel) |
+//! | `lettuce_telemetry_heartbeats_total` | counter | `result` (`sent`, `failed`): telemetry POSTs of this process |
+//! | `lettuce_db_pool_connections` | gauge | `pool` (`jobs`, `probe`), `state` (`idle`, `in_use`) |
+//! | `lettuce_db_pool_max_connections` | gauge | `pool` |
+//! | `lettuce_db_pool_waiting` | gauge | `pool` (callers waiting for a connection) |
+//! | `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_virtual_memory_bytes`, `process_open_fds`, `process_max_fds`, `process_start_time_seconds` | counter, gauges | — (read from `/proc/self` at scrape) |
 //!
 //! Configured queues are exported from the start (0 in flight, 0 age), not only once a job ran.
 //! The depth and age series are whole-database figures that every replica exports: aggregate
@@ -43,6 +49,11 @@ use prometheus_client::registry::Registry;
 
 use crate::db::DbPool;
 use crate::db::listener::ListenerStats;
+use crate::telemetry::heartbeat::HeartbeatHandle;
+
+mod process;
+
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 
 /// The longest label value written; longer ones are cut.
 pub const MAX_LABEL_LEN: usize = 128;
@@ -92,14 +103,111 @@ const RUNTIME_COUNTERS: [(&str, &str); 5] = [
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindOutcome {
+struct KindQueueOutcome {
     kind: String,
+    queue: String,
     outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabel {
+struct KindQueueState {
     kind: String,
+    queue: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindQueue {
+    kind: String,
+    queue: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabel {
+    pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolState {
+    pool: String,
+    state: String,
+}
+
+/// The `process_*` series.
+#[derive(Default)]
+struct ProcessMetrics {
+    cpu_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    resident_bytes: Gauge,
+    virtual_bytes: Gauge,
+    open_fds: Gauge,
+    max_fds: Gauge,
+    start_time_seconds: FloatGauge,
+}
+
+impl ProcessMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "process_cpu_seconds",
+            "User and system CPU time of this process, in seconds",
+            self.cpu_seconds.clone(),
+        );
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory of this process, in bytes",
+            self.resident_bytes.clone(),
+        );
+        registry.register(
+            "process_virtual_memory_bytes",
+            "Virtual memory of this process, in bytes",
+            self.virtual_bytes.clone(),
+        );
+        registry.register(
+            "process_open_fds",
+            "Open file descriptors of this process",
+            self.open_fds.clone(),
+        );
+        registry.register(
+            "process_max_fds",
+            "The open file descriptor limit of this process",
+            self.max_fds.clone(),
+        );
+        registry.register(
+            "process_start_time_seconds",
+            "Start time of this process, in seconds since the Unix epoch",
+            self.start_time_seconds.clone(),
+        );
+    }
+
+    fn refresh(&self) {
+        let s = process::sample();
+        let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        if let Some(cpu) = s.cpu_seconds {
+            let seen = self.cpu_seconds.get();
+            if cpu > seen {
+                self.cpu_seconds.inc_by(cpu - seen);
+            }
+        }
+        if let Some(v) = s.resident_bytes {
+            self.resident_bytes.set(int(v));
+        }
+        if let Some(v) = s.virtual_bytes {
+            self.virtual_bytes.set(int(v));
+        }
+        if let Some(v) = s.open_fds {
+            self.open_fds.set(int(v));
+        }
+        if let Some(v) = s.max_fds {
+            self.max_fds.set(int(v));
+        }
+        if let Some(v) = s.start_time_seconds {
+            self.start_time_seconds.set(v);
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -139,8 +247,9 @@ impl MetricConstructor<Histogram> for Buckets {
 /// Every metric of this process. One per process, shared by the runtime and the HTTP server.
 pub struct Metrics {
     registry: Registry,
-    finished: Family<KindOutcome, Counter>,
-    attempt_duration: Family<KindLabel, Histogram, Buckets>,
+    attempts: Family<KindQueueOutcome, Counter>,
+    final_states: Family<KindQueueState, Counter>,
+    attempt_duration: Family<KindQueue, Histogram, Buckets>,
     pickup_latency: Family<QueueLabel, Histogram, Buckets>,
     in_flight: Family<QueueLabel, Gauge>,
     queue_depth: Family<QueueState, Gauge>,
@@ -157,12 +266,33 @@ pub struct Metrics {
     runtime_counters: [Counter; 5],
     /// The listener's counters; set when the runtime starts it.
     listener: Mutex<Option<Arc<ListenerStats>>>,
+    /// The telemetry heartbeat's counters, mirrored into `heartbeats` at scrape.
+    heartbeat: Mutex<Option<HeartbeatHandle>>,
+    heartbeats: Family<ResultLabel, Counter>,
+    /// The job pool (the probe pool is `pool`); their statistics are read at scrape.
+    job_pool: Mutex<Option<DbPool>>,
+    pool_connections: Family<PoolState, Gauge>,
+    pool_max: Family<PoolLabel, Gauge>,
+    pool_waiting: Family<PoolLabel, Gauge>,
+    process: ProcessMetrics,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::default();
-        let finished = Family::<KindOutcome, Counter>::default();
+        let attempts = Family::<KindQueueOutcome, Counter>::default();
+        let final_states = Family::<KindQueueState, Counter>::default();
+        let heartbeats = Family::<ResultLabel, Counter>::default();
+        for result in ["sent", "failed"] {
+            let _ = heartbeats.get_or_create(&ResultLabel {
+                result: result.into(),
+            });
+        }
+        let pool_connections = Family::<PoolState, Gauge>::default();
+        let pool_max = Family::<PoolLabel, Gauge>::default();
+        let pool_waiting = Family::<PoolLabel, Gauge>::default();
+        let process = ProcessMetrics::default();
+        process.register(&mut registry);
         // 1 ms .. ~9 h: covers no-op jobs and long indexing runs alike.
         let attempt_duration = Family::new_with_constructor(Buckets {
             start: 0.001,
@@ -207,9 +337,34 @@ impl Default for Metrics {
             task_restarts.clone(),
         );
         registry.register(
-            "lettuce_jobs_finished",
-            "Attempts finished, by job kind and outcome",
-            finished.clone(),
+            "lettuce_job_attempts",
+            "Attempts finished, by job kind, queue and outcome (an error is a retry unless the attempts ran out)",
+            attempts.clone(),
+        );
+        registry.register(
+            "lettuce_jobs_final",
+            "Jobs this process's writes left in a final state, by kind, queue and state",
+            final_states.clone(),
+        );
+        registry.register(
+            "lettuce_telemetry_heartbeats",
+            "Telemetry heartbeat POSTs of this process, by result",
+            heartbeats.clone(),
+        );
+        registry.register(
+            "lettuce_db_pool_connections",
+            "Open database connections of this process, by pool and state",
+            pool_connections.clone(),
+        );
+        registry.register(
+            "lettuce_db_pool_max_connections",
+            "The size limit of each database pool",
+            pool_max.clone(),
+        );
+        registry.register(
+            "lettuce_db_pool_waiting",
+            "Callers waiting for a connection, by pool",
+            pool_waiting.clone(),
         );
         registry.register(
             "lettuce_job_attempt_duration_seconds",
@@ -244,7 +399,8 @@ impl Default for Metrics {
             runtime: Mutex::new(None),
             runtime_counters,
             registry,
-            finished,
+            attempts,
+            final_states,
             attempt_duration,
             pickup_latency,
             in_flight,
@@ -256,6 +412,13 @@ impl Default for Metrics {
             configured: Mutex::new(Vec::new()),
             pool: Mutex::new(None),
             listener: Mutex::new(None),
+            heartbeat: Mutex::new(None),
+            heartbeats,
+            job_pool: Mutex::new(None),
+            pool_connections,
+            pool_max,
+            pool_waiting,
+            process,
         }
     }
 }
@@ -264,6 +427,16 @@ impl Metrics {
     /// The pool the scrape-time depth query uses.
     pub fn set_pool(&self, pool: DbPool) {
         *self.pool.lock().expect("metrics lock") = Some(pool);
+    }
+
+    /// The pool jobs run on: its statistics are exported as `pool="jobs"`.
+    pub fn set_job_pool(&self, pool: DbPool) {
+        *self.job_pool.lock().expect("metrics lock") = Some(pool);
+    }
+
+    /// The telemetry heartbeat whose sent/failed counts are exported.
+    pub fn set_heartbeat(&self, handle: HeartbeatHandle) {
+        *self.heartbeat.lock().expect("metrics lock") = Some(handle);
     }
 
     /// The runtime whose counters are exported.
@@ -314,20 +487,33 @@ impl Metrics {
 
     /// An attempt ended with `outcome` after `took`.
     pub fn attempt_finished(&self, kind: &str, queue: &str, outcome: &str, took: Duration) {
+        let (kind, queue) = (label(kind), label(queue));
         self.in_flight
             .get_or_create(&QueueLabel {
-                queue: label(queue),
+                queue: queue.clone(),
             })
             .dec();
-        self.finished
-            .get_or_create(&KindOutcome {
-                kind: label(kind),
+        self.attempts
+            .get_or_create(&KindQueueOutcome {
+                kind: kind.clone(),
+                queue: queue.clone(),
                 outcome: label(outcome),
             })
             .inc();
         self.attempt_duration
-            .get_or_create(&KindLabel { kind: label(kind) })
+            .get_or_create(&KindQueue { kind, queue })
             .observe(took.as_secs_f64());
+    }
+
+    /// This process's write left a job of `kind` in final `state`.
+    pub fn job_final(&self, kind: &str, queue: &str, state: &str) {
+        self.final_states
+            .get_or_create(&KindQueueState {
+                kind: label(kind),
+                queue: label(queue),
+                state: label(state),
+            })
+            .inc();
     }
 
     /// A supervised task (`producer:<queue>`, `lease`, `listener`, `completer`, a maintenance
@@ -353,6 +539,20 @@ impl Metrics {
                 self.listen_reconnects.inc_by(total - seen);
             }
         }
+        let heartbeat = self.heartbeat.lock().expect("metrics lock").clone();
+        if let Some(h) = heartbeat {
+            for (result, total) in [("sent", h.sent()), ("failed", h.failed())] {
+                let counter = self.heartbeats.get_or_create(&ResultLabel {
+                    result: result.into(),
+                });
+                let seen = counter.get();
+                if total > seen {
+                    counter.inc_by(total - seen);
+                }
+            }
+        }
+        self.refresh_pools();
+        self.process.refresh();
         let runtime = self.runtime.lock().expect("metrics lock").clone();
         if let Some(stats) = runtime {
             for (counter, total) in self
@@ -371,6 +571,31 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("encode metrics");
         out
+    }
+
+    fn refresh_pools(&self) {
+        let pools = [
+            ("jobs", self.job_pool.lock().expect("metrics lock").clone()),
+            ("probe", self.pool.lock().expect("metrics lock").clone()),
+        ];
+        let int = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        for (name, pool) in pools {
+            let Some(pool) = pool else { continue };
+            let status = pool.status();
+            let state = |state: &str| PoolState {
+                pool: name.into(),
+                state: state.into(),
+            };
+            self.pool_connections
+                .get_or_create(&state("idle"))
+                .set(int(status.available));
+            self.pool_connections
+                .get_or_create(&state("in_use"))
+                .set(int(status.size.saturating_sub(status.available)));
+            let p = PoolLabel { pool: name.into() };
+            self.pool_max.get_or_create(&p).set(int(status.max_size));
+            self.pool_waiting.get_or_create(&p).set(int(status.waiting));
+        }
     }
 
     async fn refresh_depth(&self) {
@@ -427,15 +652,22 @@ mod tests {
             Duration::from_millis(2),
         );
         m.attempt_started("default", Duration::from_millis(10));
+        m.job_final("diag.noop", "default", "completed");
         let text = m.render().await;
-        assert!(
-            text.contains(
-                "lettuce_jobs_finished_total{kind=\"diag.noop\",outcome=\"completed\"} 1"
-            )
-        );
+        assert!(text.contains(
+            "lettuce_job_attempts_total{kind=\"diag.noop\",queue=\"default\",outcome=\"completed\"} 1"
+        ));
+        assert!(text.contains(
+            "lettuce_jobs_final_total{kind=\"diag.noop\",queue=\"default\",state=\"completed\"} 1"
+        ));
+        assert!(text.contains("lettuce_telemetry_heartbeats_total{result=\"sent\"} 0"));
+        assert!(text.contains("# TYPE process_cpu_seconds counter"));
+        assert!(text.contains("process_open_fds "));
         assert!(text.contains("lettuce_jobs_in_flight{queue=\"default\"} 1"));
         assert!(text.contains("lettuce_job_pickup_latency_seconds_count{queue=\"default\"} 2"));
-        assert!(text.contains("lettuce_job_attempt_duration_seconds_count{kind=\"diag.noop\"} 1"));
+        assert!(text.contains(
+            "lettuce_job_attempt_duration_seconds_count{kind=\"diag.noop\",queue=\"default\"} 1"
+        ));
         assert!(text.contains("# TYPE lettuce_listen_reconnects counter"));
         assert!(text.trim_end().ends_with("# EOF"));
     }

@@ -179,6 +179,7 @@ struct Worker {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
     handle: RuntimeHandle,
+    metrics: Arc<lettuce_worker::metrics::Metrics>,
 }
 
 impl Worker {
@@ -191,6 +192,7 @@ impl Worker {
         lettuce_worker::boot::schema(&pool).await.expect("schema");
         let health = Arc::new(Health::default());
         health.set_pool(pool.clone());
+        let metrics: Arc<lettuce_worker::metrics::Metrics> = Arc::default();
         let deps = Deps {
             registry: lettuce_worker::handlers::registry_for(&config),
             services: Arc::new(lettuce_worker::handlers::Services::new(
@@ -199,7 +201,7 @@ impl Worker {
             )),
             pool,
             health,
-            metrics: Arc::default(),
+            metrics: metrics.clone(),
             heartbeat,
         };
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -222,7 +224,12 @@ impl Worker {
             .await
             .expect("ready within 30s")
             .expect("runtime started");
-        Worker { stop, task, handle }
+        Worker {
+            stop,
+            task,
+            handle,
+            metrics,
+        }
     }
 
     fn heartbeat(&self) -> &HeartbeatHandle {
@@ -555,6 +562,17 @@ async fn failures_retry_with_backoff_the_same_day_without_blocking_jobs() {
     })
     .await;
     assert_eq!(rx.count(), after, "nothing sent after today's receipt");
+    // `/metrics` counts them (the same render the HTTP endpoint serves).
+    let text = w.metrics.render().await;
+    let count = |result: &str| -> u64 {
+        let series = format!("lettuce_telemetry_heartbeats_total{{result=\"{result}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str())?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    };
+    assert_eq!(count("sent"), 1, "{text}");
+    assert_eq!(count("failed"), w.heartbeat().failed());
+    assert!(count("failed") >= 3, "{text}");
     assert!(
         rx.seen().iter().all(|r| r.json()["day"] == today()),
         "every attempt stood for today"

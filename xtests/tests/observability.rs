@@ -490,15 +490,15 @@ async fn metrics_healthcheck_and_readiness_while_draining() {
     .await;
     let want = [
         (
-            "lettuce_jobs_finished_total{kind=\"diag.noop\",outcome=\"completed\"}",
+            "lettuce_job_attempts_total{kind=\"diag.noop\",queue=\"default\",outcome=\"completed\"}",
             5.0,
         ),
         (
-            "lettuce_jobs_finished_total{kind=\"diag.fail\",outcome=\"error\"}",
+            "lettuce_job_attempts_total{kind=\"diag.fail\",queue=\"default\",outcome=\"error\"}",
             1.0,
         ),
         (
-            "lettuce_job_attempt_duration_seconds_count{kind=\"diag.noop\"}",
+            "lettuce_job_attempt_duration_seconds_count{kind=\"diag.noop\",queue=\"default\"}",
             5.0,
         ),
         (
@@ -515,7 +515,8 @@ async fn metrics_healthcheck_and_readiness_while_draining() {
         assert_eq!(sample(&text, series), Some(value), "{series} in:\n{text}");
     }
     for family in [
-        "lettuce_jobs_finished",
+        "lettuce_job_attempts",
+        "lettuce_jobs_final",
         "lettuce_job_attempt_duration_seconds",
         "lettuce_job_pickup_latency_seconds",
         "lettuce_jobs_in_flight",

@@ -717,3 +717,102 @@ async fn one_shot_commands_read_only_the_database_secret() {
         "a one-shot command read the store"
     );
 }
+
+/// Issue 13, item 5: on dc07b51 `lettuce_jobs_finished_total` counted attempts under a name
+/// that says jobs (a retried `error` looked like a finished job), had no `queue`, and nothing
+/// exported final states, the process's CPU, memory and descriptors, or the pools. Now attempts
+/// and final states are two families with `queue`, beside `process_*`, pool statistics and the
+/// telemetry heartbeat's counters (0 from the start).
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_attempts_and_final_states_apart_with_process_and_pool_figures() {
+    let db = TestDb::new().await;
+    let mut env = db.env();
+    let port = free_port();
+    env.insert("LETTUCE_HTTP_ADDR".into(), format!("127.0.0.1:{port}"));
+    env.insert("LETTUCE_DB_POOL_SIZE".into(), "7".into());
+    let mut w = WorkerProcess::start(&["run"], &env);
+    w.wait_ready(Duration::from_secs(30)).await;
+    let client = db.client().await;
+    let ok = xtests::enqueue_sql(&client, "diag.noop", serde_json::json!({})).await;
+    // Fails every attempt; two attempts: one retry, then discarded.
+    let failing: i64 = xtests::scalar(
+        &client,
+        "SELECT lettuce.enqueue('diag.fail', '{\"times\": 9}', max_attempts => 2)",
+    )
+    .await;
+    for (id, want) in [(ok, "completed"), (failing, "discarded")] {
+        let (state, ..) = xtests::wait_final(&client, id, Duration::from_secs(30)).await;
+        assert_eq!(state, want);
+    }
+    let text = xtests::eventually(Duration::from_secs(10), "the counts", || async {
+        let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        (sample(
+            &text,
+            "lettuce_jobs_final_total{kind=\"diag.fail\",queue=\"default\",state=\"discarded\"}",
+        ) == Some(1.0))
+        .then_some(text)
+    })
+    .await;
+    for (series, want) in [
+        (
+            "lettuce_job_attempts_total{kind=\"diag.fail\",queue=\"default\",outcome=\"error\"}",
+            2.0,
+        ),
+        (
+            "lettuce_job_attempts_total{kind=\"diag.noop\",queue=\"default\",outcome=\"completed\"}",
+            1.0,
+        ),
+        (
+            "lettuce_jobs_final_total{kind=\"diag.noop\",queue=\"default\",state=\"completed\"}",
+            1.0,
+        ),
+        (
+            "lettuce_job_attempt_duration_seconds_count{kind=\"diag.fail\",queue=\"default\"}",
+            2.0,
+        ),
+        ("lettuce_db_pool_max_connections{pool=\"jobs\"}", 7.0),
+        ("lettuce_db_pool_max_connections{pool=\"probe\"}", 2.0),
+        ("lettuce_db_pool_waiting{pool=\"jobs\"}", 0.0),
+        ("lettuce_telemetry_heartbeats_total{result=\"sent\"}", 0.0),
+        ("lettuce_telemetry_heartbeats_total{result=\"failed\"}", 0.0),
+    ] {
+        assert_eq!(sample(&text, series), Some(want), "{series} in:\n{text}");
+    }
+    assert!(
+        !text.contains("lettuce_jobs_finished_total"),
+        "the old name is gone"
+    );
+    let idle = sample(
+        &text,
+        "lettuce_db_pool_connections{pool=\"jobs\",state=\"idle\"}",
+    )
+    .unwrap();
+    let busy = sample(
+        &text,
+        "lettuce_db_pool_connections{pool=\"jobs\",state=\"in_use\"}",
+    )
+    .unwrap();
+    assert!((1.0..=7.0).contains(&(idle + busy)), "{idle} + {busy}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = sample(&text, "process_start_time_seconds").unwrap();
+    assert!(
+        (now - 120.0..=now + 1.0).contains(&started),
+        "{started} vs {now}"
+    );
+    assert!(sample(&text, "process_resident_memory_bytes").unwrap() > 1e6);
+    assert!(sample(&text, "process_open_fds").unwrap() >= 5.0);
+    assert!(
+        sample(&text, "process_max_fds").unwrap() >= sample(&text, "process_open_fds").unwrap()
+    );
+    assert!(sample(&text, "process_cpu_seconds_total").unwrap() > 0.0);
+    w.signal(libc::SIGTERM);
+    assert_eq!(w.wait_exit(Duration::from_secs(20)).await, Some(0));
+}

@@ -279,6 +279,9 @@ async fn write(shared: &Shared, state: &mut WriteState, batch: &mut Vec<Finished
         shared
             .metrics
             .attempt_finished(&f.job.kind, &f.job.queue, label, f.ran_for);
+        if matches!(state, "completed" | "discarded" | "cancelled") {
+            shared.metrics.job_final(&f.job.kind, &f.job.queue, state);
+        }
         match state {
             "completed" => shared.stats.completed.fetch_add(1, Ordering::Relaxed),
             "available" => shared.stats.handed_back.fetch_add(1, Ordering::Relaxed),

@@ -190,6 +190,7 @@ pub async fn run(
     let listener_stats = Arc::new(ListenerStats::default());
     deps.metrics.set_listener(listener_stats.clone());
     deps.metrics.set_runtime_stats(stats.clone());
+    deps.metrics.set_job_pool(deps.pool.clone());
     deps.metrics.set_queues(
         &config
             .queues
@@ -252,6 +253,9 @@ pub async fn run(
         .inspect_err(|e| tracing::error!(error = %e, "telemetry heartbeat not started"))
         .ok()
     });
+    if let Some(h) = &heartbeat {
+        deps.metrics.set_heartbeat(h.clone());
+    }
     let completer_closed = CancellationToken::new();
     let slots: usize = config.queues.iter().map(|q| q.concurrency).sum();
     let completer = tokio::spawn(completer::run(
