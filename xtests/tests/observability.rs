@@ -121,15 +121,41 @@ async fn in_memory_spans_for_completed_failed_and_panicked_attempts() {
         .iter()
         .find(|s| s.name == "test.enqueue")
         .expect("root span");
-    let root_tp = format!(
-        "00-{}-{}-01",
-        root.span_context.trace_id(),
-        root.span_context.span_id()
-    );
+    // Each enqueue is a PRODUCER span under the caller's span; its context is what is stored.
+    let producers: Vec<&SpanData> = spans
+        .iter()
+        .filter(|s| s.span_kind == SpanKind::Producer)
+        .collect();
+    assert_eq!(producers.len(), 2, "{:?}", names(&spans));
+    let single = producers
+        .iter()
+        .find(|p| attr(p, "messaging.message.id") == Some(noop.to_string()))
+        .expect("the single enqueue names its message id");
+    let many = producers
+        .iter()
+        .find(|p| attr(p, "messaging.batch.message_count").as_deref() == Some("2"))
+        .expect("the batch enqueue counts its messages");
+    for p in [single, many] {
+        assert_eq!(p.name, "enqueue default");
+        assert_eq!(p.parent_span_id, root.span_context.span_id());
+        assert_eq!(attr(p, "messaging.system").as_deref(), Some("lettuce"));
+        assert_eq!(attr(p, "messaging.operation.type").as_deref(), Some("send"));
+        assert_eq!(
+            attr(p, "messaging.destination.name").as_deref(),
+            Some("default")
+        );
+    }
+    let tp = |s: &SpanData| {
+        format!(
+            "00-{}-{}-01",
+            s.span_context.trace_id(),
+            s.span_context.span_id()
+        )
+    };
     assert_eq!(
         stored,
-        vec![Some(root_tp.clone()); 3],
-        "every job stores the caller's context"
+        vec![Some(tp(single)), Some(tp(many)), Some(tp(many))],
+        "every job stores its producer span's context"
     );
 
     let job = |kind: &str| -> &SpanData {
@@ -148,20 +174,56 @@ async fn in_memory_spans_for_completed_failed_and_panicked_attempts() {
     assert_eq!(attr(ok, "error.message"), None);
     assert_eq!(ok.status, Status::Unset);
     assert_eq!(ok.span_context.trace_id(), root.span_context.trace_id());
-    assert_eq!(ok.parent_span_id, root.span_context.span_id());
+    assert_eq!(ok.parent_span_id, single.span_context.span_id());
+    assert_eq!(attr(ok, "messaging.system").as_deref(), Some("lettuce"));
+    assert_eq!(
+        attr(ok, "messaging.operation.type").as_deref(),
+        Some("process")
+    );
+    assert_eq!(
+        attr(ok, "messaging.destination.name").as_deref(),
+        Some("default")
+    );
+    assert_eq!(attr(ok, "messaging.message.id"), Some(noop.to_string()));
+    assert_eq!(attr(ok, "error.type"), None);
 
     let failed = job("diag.fail");
     assert_eq!(attr(failed, "job.id"), Some(fail.to_string()));
     assert_eq!(attr(failed, "job.outcome").as_deref(), Some("error"));
     let msg = attr(failed, "error.message").expect("error recorded");
     assert!(matches!(&failed.status, Status::Error { description } if description == &msg));
-    assert_eq!(failed.parent_span_id, root.span_context.span_id());
+    assert_eq!(failed.parent_span_id, many.span_context.span_id());
+    assert_eq!(attr(failed, "error.type").as_deref(), Some("handler_error"));
 
     let panicked = job("diag.panic");
     assert_eq!(attr(panicked, "job.outcome").as_deref(), Some("error"));
     let msg = attr(panicked, "error.message").expect("panic recorded");
     assert!(msg.starts_with("panic:"), "{msg}");
     assert!(matches!(panicked.status, Status::Error { .. }));
+    assert_eq!(attr(panicked, "error.type").as_deref(), Some("panic"));
+
+    // Links: each job span to the claim that claimed it; that claim to the producers; the
+    // completion batch to the job spans it wrote.
+    let linked = |s: &SpanData, to: &SpanData| {
+        s.links
+            .iter()
+            .any(|l| l.span_context.span_id() == to.span_context.span_id())
+    };
+    for job in [ok, failed, panicked] {
+        let claim = spans
+            .iter()
+            .find(|c| c.name == "db.claim_batch" && linked(job, c))
+            .unwrap_or_else(|| panic!("{} links to no claim span", job.name));
+        let producer = if job.name == ok.name { single } else { many };
+        assert!(linked(claim, producer), "the claim links to the producer");
+        assert!(
+            spans
+                .iter()
+                .any(|c| c.name == "db.complete_batch" && linked(c, job)),
+            "a completion batch links to {}",
+            job.name
+        );
+    }
 
     // SQL child spans: the statement with placeholders, never values.
     for name in ["db.claim_batch", "db.complete_batch"] {
@@ -170,9 +232,20 @@ async fn in_memory_spans_for_completed_failed_and_panicked_attempts() {
             .find(|s| s.name == name)
             .unwrap_or_else(|| panic!("no {name} span among {:?}", names(&spans)));
         assert_eq!(s.span_kind, SpanKind::Client);
-        assert_eq!(attr(s, "db.system").as_deref(), Some("postgresql"));
-        assert_eq!(attr(s, "db.operation").as_deref(), Some("UPDATE"));
-        let stmt = attr(s, "db.statement").unwrap();
+        assert_eq!(attr(s, "db.system.name").as_deref(), Some("postgresql"));
+        assert_eq!(attr(s, "db.operation.name").as_deref(), Some("UPDATE"));
+        assert_eq!(
+            attr(s, "db.collection.name").as_deref(),
+            Some("lettuce.job_queue")
+        );
+        assert!(
+            attr(s, "server.address").is_some(),
+            "server.address on {name}"
+        );
+        for old in ["db.system", "db.operation", "db.statement"] {
+            assert_eq!(attr(s, old), None, "{old} is gone from {name}");
+        }
+        let stmt = attr(s, "db.query.text").unwrap();
         assert!(
             stmt.contains("lettuce.job_queue") && stmt.contains("$1"),
             "{stmt}"
@@ -185,7 +258,7 @@ async fn in_memory_spans_for_completed_failed_and_panicked_attempts() {
         .find(|s| s.name == "db.claim_batch" && attr(s, "db.rows").is_some_and(|n| n != "0"))
         .expect("a claim that returned rows");
     assert!(
-        attr(claim, "db.statement")
+        attr(claim, "db.query.text")
             .unwrap()
             .contains("FOR UPDATE SKIP LOCKED")
     );
@@ -286,15 +359,41 @@ fn names(spans: &[SpanData]) -> Vec<String> {
     spans.iter().map(|s| s.name.to_string()).collect()
 }
 
-/// An OTLP/HTTP receiver on loopback that keeps every decoded request.
-async fn otlp_receiver() -> (SocketAddr, Arc<Mutex<Vec<ExportTraceServiceRequest>>>) {
-    let got: Arc<Mutex<Vec<ExportTraceServiceRequest>>> = Arc::default();
+/// Every request the receiver decoded, and whether its body came gzip-compressed.
+type Received = Arc<Mutex<Vec<ExportTraceServiceRequest>>>;
+
+/// An OTLP/HTTP receiver on loopback that keeps every decoded request (a `Content-Encoding:
+/// gzip` body is inflated first; `gzipped` counts those).
+async fn otlp_receiver() -> (SocketAddr, Received) {
+    let (addr, got, _) = otlp_receiver_counting_gzip().await;
+    (addr, got)
+}
+
+async fn otlp_receiver_counting_gzip() -> (SocketAddr, Received, Arc<Mutex<usize>>) {
+    let got: Received = Arc::default();
+    let gzipped: Arc<Mutex<usize>> = Arc::default();
     let sink = got.clone();
+    let zipped = gzipped.clone();
     let app = axum::Router::new().route(
         "/v1/traces",
-        post(move |body: Bytes| {
+        post(move |headers: axum::http::HeaderMap, body: Bytes| {
             let sink = sink.clone();
+            let zipped = zipped.clone();
             async move {
+                let gzip = headers
+                    .get("content-encoding")
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+                let body = if gzip {
+                    use std::io::Read;
+                    let mut out = Vec::new();
+                    flate2::read::GzDecoder::new(&body[..])
+                        .read_to_end(&mut out)
+                        .expect("valid gzip");
+                    *zipped.lock().unwrap() += 1;
+                    Bytes::from(out)
+                } else {
+                    body
+                };
                 let req = ExportTraceServiceRequest::decode(body).expect("valid protobuf");
                 sink.lock().unwrap().push(req);
                 (
@@ -307,7 +406,7 @@ async fn otlp_receiver() -> (SocketAddr, Arc<Mutex<Vec<ExportTraceServiceRequest
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr, got)
+    (addr, got, gzipped)
 }
 
 fn pattr(span: &PSpan, key: &str) -> Option<any_value::Value> {
@@ -406,7 +505,7 @@ async fn binary_exports_job_span_over_otlp_http_and_flushes_at_sigterm() {
         .iter()
         .find(|s| s.name == "db.claim_batch")
         .expect("a SQL span");
-    assert_eq!(pattr(claim, "db.system"), s("postgresql"));
+    assert_eq!(pattr(claim, "db.system.name"), s("postgresql"));
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -590,4 +689,233 @@ async fn readyz_says_booting_while_the_database_is_unreachable() {
         get(&format!("http://{http}/healthz")).await,
         Some((200, "ok\n".into()))
     );
+}
+
+/// Every span the requests carry, with the resource attributes of its batch.
+fn exported(requests: &[ExportTraceServiceRequest]) -> Vec<(Vec<PKeyValue>, PSpan)> {
+    let mut out = Vec::new();
+    for req in requests {
+        for rs in &req.resource_spans {
+            let resource = rs.resource.as_ref().map(|r| r.attributes.clone());
+            for ss in &rs.scope_spans {
+                for span in &ss.spans {
+                    out.push((resource.clone().unwrap_or_default(), span.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn links_to(span: &PSpan, to: &PSpan) -> bool {
+    span.links.iter().any(|l| l.span_id == to.span_id)
+}
+
+/// The binary (gzip-compressed OTLP/HTTP, JSON logs): the CLI's PRODUCER span parents the job
+/// span; the handler's SQL is a child of the job span; the batched statements link to what
+/// they serve; the conventions' attributes are there and the noise is not; JSON log lines
+/// inside the job span carry its ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_spans_follow_the_conventions_link_batches_and_put_sql_under_the_job() {
+    let (addr, received, gzipped) = otlp_receiver_counting_gzip().await;
+    let db = TestDb::new().await;
+    let mut env = db.env();
+    env.insert(
+        "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+        format!("http://{addr}"),
+    );
+    env.insert("OTEL_EXPORTER_OTLP_COMPRESSION".into(), "gzip".into());
+    env.insert("OTEL_BSP_SCHEDULE_DELAY".into(), "600000".into());
+    env.insert("LETTUCE_LOG_FORMAT".into(), "json".into());
+    // A heartbeat every 300 ms, so one falls inside the sleeper's attempt.
+    env.insert("LETTUCE_LEASE_MS".into(), "900".into());
+    let mut worker = WorkerProcess::start(&["run"], &env);
+    worker.wait_ready(Duration::from_secs(30)).await;
+
+    // The CLI exports its producer span, flushed at exit.
+    let cli_env = env.clone();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        run_worker(&["enqueue", "diag.record", "--queue", "default"], &cli_env)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let record: i64 = out.trim().parse().unwrap();
+    let client = db.client().await;
+    let fail: i64 = client
+        .query_one(
+            "SELECT lettuce.enqueue('diag.fail', '{\"times\": 1}', max_attempts => 2)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let sleeper = xtests::enqueue_sql(&client, "diag.sleep", json!({"ms": 1200})).await;
+    for id in [record, fail, sleeper] {
+        let (state, _, errors) = wait_final(&client, id, Duration::from_secs(20)).await;
+        assert_eq!(state, "completed", "job {id}: {errors}");
+    }
+    let worker_id: String = client
+        .query_one(
+            "SELECT locked_by FROM lettuce.jobs WHERE id = $1",
+            &[&record],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    worker.signal(libc::SIGTERM);
+    assert_eq!(worker.wait_exit(Duration::from_secs(30)).await, Some(0));
+
+    let requests = received.lock().unwrap().clone();
+    assert!(
+        *gzipped.lock().unwrap() >= 2,
+        "both processes export gzip-compressed"
+    );
+    let all = exported(&requests);
+    let spans: Vec<&PSpan> = all.iter().map(|(_, s)| s).collect();
+    let span_names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    let find = |pred: &dyn Fn(&PSpan) -> bool, what: &str| -> &PSpan {
+        spans
+            .iter()
+            .copied()
+            .find(|s| pred(s))
+            .unwrap_or_else(|| panic!("no {what} among {span_names:?}"))
+    };
+
+    // Resource: the worker's spans name the worker id.
+    let (resource, _) = all
+        .iter()
+        .find(|(_, s)| s.name == "job.diag.record")
+        .expect("the job span");
+    assert_eq!(
+        find_attr(resource, "service.instance.id"),
+        s(&worker_id),
+        "service.instance.id is the worker id"
+    );
+    // No noise on any span.
+    for span in &spans {
+        for noise in [
+            "code.filepath",
+            "code.file.path",
+            "code.namespace",
+            "code.lineno",
+            "code.line.number",
+            "thread.id",
+            "thread.name",
+            "busy_ns",
+            "idle_ns",
+            "target",
+        ] {
+            assert_eq!(pattr(span, noise), None, "{noise} on {}", span.name);
+        }
+    }
+
+    // The CLI's producer span parents the job span.
+    let producer = find(
+        &|s| s.name == "enqueue default" && s.kind == 4,
+        "PRODUCER span enqueue default",
+    );
+    assert_eq!(pattr(producer, "messaging.system"), s("lettuce"));
+    assert_eq!(pattr(producer, "messaging.operation.type"), s("send"));
+    assert_eq!(pattr(producer, "messaging.destination.name"), s("default"));
+    assert_eq!(
+        pattr(producer, "messaging.message.id"),
+        s(&record.to_string())
+    );
+    let job = find(&|s| s.name == "job.diag.record", "job.diag.record");
+    assert_eq!(job.trace_id, producer.trace_id, "one trace");
+    assert_eq!(job.parent_span_id, producer.span_id);
+    assert_eq!(pattr(job, "messaging.system"), s("lettuce"));
+    assert_eq!(pattr(job, "messaging.operation.type"), s("process"));
+    assert_eq!(pattr(job, "messaging.destination.name"), s("default"));
+    assert_eq!(pattr(job, "messaging.message.id"), s(&record.to_string()));
+    assert_eq!(pattr(job, "error.type"), None);
+
+    // The handler's SQL is a client span under the job span.
+    let sql = find(&|s| s.name == "db.record_execution", "db.record_execution");
+    assert_eq!(sql.parent_span_id, job.span_id);
+    assert_eq!(sql.trace_id, job.trace_id);
+    assert_eq!(sql.kind, 3, "SPAN_KIND_CLIENT");
+    assert_eq!(pattr(sql, "db.system.name"), s("postgresql"));
+    assert_eq!(pattr(sql, "db.operation.name"), s("INSERT"));
+    assert_eq!(
+        pattr(sql, "db.collection.name"),
+        s("lettuce.diag_executions")
+    );
+    let text = match pattr(sql, "db.query.text") {
+        Some(any_value::Value::StringValue(t)) => t,
+        other => panic!("db.query.text: {other:?}"),
+    };
+    // Placeholders, never the values (the worker id is the third parameter).
+    assert!(text.contains("$3") && !text.contains(&worker_id), "{text}");
+    assert!(pattr(sql, "server.address").is_some(), "server.address");
+
+    // Links: claim → producer, job → claim, completion → job, heartbeat → sleeper's job.
+    let claim = find(
+        &|s| s.name == "db.claim_batch" && links_to(job, s),
+        "the claim span the job links to",
+    );
+    assert!(links_to(claim, producer), "the claim links to the producer");
+    find(
+        &|s| s.name == "db.complete_batch" && links_to(s, job),
+        "a completion linked to the job",
+    );
+    let sleep_job = find(&|s| s.name == "job.diag.sleep", "job.diag.sleep");
+    find(
+        &|s| s.name == "db.heartbeat" && links_to(s, sleep_job),
+        "a heartbeat linked to the sleeper",
+    );
+
+    // The failed attempt: error.type, and its JSON log line carries the span's ids.
+    let failed = find(
+        &|s| {
+            s.name == "job.diag.fail"
+                && pattr(s, "job.attempt") == Some(any_value::Value::IntValue(1))
+        },
+        "attempt 1 of diag.fail",
+    );
+    assert_eq!(pattr(failed, "error.type"), s("handler_error"));
+    let lines = worker.output();
+    let line: serde_json::Value = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| {
+            v["fields"]["message"] == "attempt failed" && v["fields"]["job.id"] == json!(fail)
+        })
+        .unwrap_or_else(|| panic!("no attempt-failed line in:\n{}", lines.join("\n")));
+    assert_eq!(line["trace_id"], json!(hex(&failed.trace_id)), "{line}");
+    assert_eq!(line["span_id"], json!(hex(&failed.span_id)), "{line}");
+    assert_eq!(line["level"], "WARN", "the usual fields stay: {line}");
+    // A line outside any span carries none.
+    let ready = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["fields"]["message"] == "worker ready")
+        .expect("the ready line");
+    assert!(ready.get("trace_id").is_none(), "{ready}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_propagator_or_compression_is_refused_by_name() {
+    let db = TestDb::new().await;
+    for (var, value) in [
+        ("OTEL_PROPAGATORS", "tracecontext,b3"),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd"),
+        ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "brotli"),
+    ] {
+        let mut env = db.env();
+        env.insert(
+            "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+            format!("http://{}", free_addr()),
+        );
+        env.insert(var.into(), value.into());
+        for args in [&["run"][..], &["enqueue", "diag.noop"][..]] {
+            let (code, _, err) = run_worker(args, &env);
+            assert_eq!(code, 2, "{var}={value} {args:?}: {err}");
+            assert!(
+                err.contains(&format!("ConfigError: {var}:")),
+                "{var}={value}: {err}"
+            );
+        }
+    }
 }

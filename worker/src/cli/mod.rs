@@ -97,11 +97,17 @@ pub async fn dispatch(cli: Cli, env: Env) -> ExitCode {
             return fail(&BootError::Config(e).to_string(), 2);
         }
     };
-    if let Command::Run = command {
-        // Only `run` exports spans; the exporter is built here, inside the runtime.
-        let telemetry = match crate::telemetry::otlp::settings_from_env(&env)
-            .and_then(|s| crate::telemetry::init(config.log_format, s.as_ref()))
-        {
+    if matches!(command, Command::Run | Command::Enqueue(_)) {
+        // `run` and `enqueue` export spans (enqueue its producer span, so the job's trace
+        // starts there); the exporter is built here, inside the runtime. The resource's
+        // `service.instance.id` is the worker id `run` registers under.
+        let telemetry = match crate::telemetry::otlp::settings_from_env(&env).and_then(|s| {
+            crate::telemetry::init(
+                config.log_format,
+                s.as_ref(),
+                crate::db::workers::process_worker_id(),
+            )
+        }) {
             Ok(t) => t,
             Err(e) => {
                 crate::telemetry::init_logging(config.log_format);
@@ -109,17 +115,20 @@ pub async fn dispatch(cli: Cli, env: Env) -> ExitCode {
             }
         };
         log_secret_sources(&config);
-        let code = run(config).await;
-        // Flush what the batch exporter still holds (the last attempts before SIGTERM).
+        let code = match command {
+            Command::Enqueue(args) => enqueue::run(args, config).await,
+            _ => run(config).await,
+        };
+        // Flush what the batch exporter still holds (the last attempts before SIGTERM, the
+        // enqueue's span).
         telemetry.shutdown().await;
         return code;
     }
     crate::telemetry::init_logging(config.log_format);
     log_secret_sources(&config);
     match command {
-        Command::Run => unreachable!("handled above"),
+        Command::Run | Command::Enqueue(_) => unreachable!("handled above"),
         Command::CheckConfig(args) => check_config::run(args, config, &env).await,
-        Command::Enqueue(args) => enqueue::run(args, config).await,
         Command::Jobs { command } => jobs::run(command, config).await,
         Command::Schema { command } => schema::run(command, config).await,
         Command::Healthcheck | Command::License { .. } | Command::Init(_) => {

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use opentelemetry::trace::SpanContext;
 use serde::Serialize;
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -90,14 +91,33 @@ impl NewJob {
 /// Enqueues one job inside the caller's transaction (or autocommit client) via
 /// `lettuce.enqueue`, returning its id (or the existing id for a duplicate unique key).
 ///
-/// With no `traceparent` set, the current span's context is stored, so the job's span becomes
-/// its child.
+/// The enqueue is a PRODUCER span (`enqueue <queue>`, a child of the current span); with no
+/// `traceparent` set, that span's context is stored, so the job's span becomes its child.
 pub async fn enqueue(client: &impl GenericClient, job: &NewJob) -> Result<i64, DbError> {
     job.check()?;
+    let span = crate::telemetry::producer_span(Some(&job.queue), 1);
     let traceparent = job
         .traceparent
         .clone()
-        .or_else(crate::telemetry::current_traceparent);
+        .or_else(|| crate::telemetry::traceparent_of(&span));
+    let result = enqueue_sql(client, job, &traceparent)
+        .instrument(span.clone())
+        .await;
+    match &result {
+        Ok(id) if !span.is_disabled() => {
+            span.record("messaging.message.id", id.to_string().as_str());
+        }
+        Ok(_) => {}
+        Err(e) => crate::telemetry::record_error(&span, e),
+    }
+    result
+}
+
+async fn enqueue_sql(
+    client: &impl GenericClient,
+    job: &NewJob,
+    traceparent: &Option<String>,
+) -> Result<i64, DbError> {
     let row = client
         .query_one(
             "SELECT lettuce.enqueue($1, $2, $3, $4::int, coalesce($5, now()), $6, $7, $8)",
@@ -109,7 +129,7 @@ pub async fn enqueue(client: &impl GenericClient, job: &NewJob) -> Result<i64, D
                 &job.run_at,
                 &job.max_attempts,
                 &job.unique_key,
-                &traceparent,
+                traceparent,
             ],
         )
         .await?;
@@ -126,10 +146,33 @@ pub async fn enqueue_many(
     for job in jobs {
         job.check()?;
     }
+    let queue = jobs
+        .first()
+        .map(|j| j.queue.as_str())
+        .filter(|q| jobs.iter().all(|j| j.queue == *q));
+    let span = crate::telemetry::producer_span(queue, jobs.len());
+    let result = enqueue_many_sql(client, jobs, &span)
+        .instrument(span.clone())
+        .await;
+    match &result {
+        Ok(ids) if ids.len() == 1 && !span.is_disabled() => {
+            span.record("messaging.message.id", ids[0].to_string().as_str());
+        }
+        Ok(_) => {}
+        Err(e) => crate::telemetry::record_error(&span, e),
+    }
+    result
+}
+
+async fn enqueue_many_sql(
+    client: &impl GenericClient,
+    jobs: &[NewJob],
+    span: &tracing::Span,
+) -> Result<Vec<i64>, DbError> {
     let mut ids = vec![0i64; jobs.len()];
-    // Jobs without their own traceparent carry the caller's current one (see `enqueue`).
+    // Jobs without their own traceparent carry the producer span's (see `enqueue`).
     let ambient = if jobs.iter().any(|j| j.traceparent.is_none()) {
-        crate::telemetry::current_traceparent()
+        crate::telemetry::traceparent_of(span)
     } else {
         None
     };
@@ -227,6 +270,12 @@ pub struct ClaimedJob {
     /// Set when a field of the row could not be decoded (named in the text): the job is
     /// discarded without running.
     pub undecodable: Option<String>,
+    /// The `db.claim_batch` span that claimed the job (for the job span's link); `None` when
+    /// spans are not exported.
+    pub claim_span: Option<SpanContext>,
+    /// The attempt's `job.<kind>` span, set by the executor (for the links of the batched
+    /// completion and heartbeat); `None` when spans are not exported.
+    pub attempt_span: Option<SpanContext>,
 }
 
 /// `job_queue_fetch_idx` has no predicate on `state` (so this UPDATE changes no indexed column
@@ -258,11 +307,26 @@ pub async fn claim_batch(
     worker_id: &str,
     lease: Duration,
 ) -> Result<Vec<ClaimedJob>, DbError> {
-    let span = crate::telemetry::sql_span("db.claim_batch", "UPDATE", CLAIM_SQL);
-    let result = claim_batch_sql(pool, queue, kinds, limit, worker_id, lease)
+    let span =
+        crate::telemetry::sql_span("db.claim_batch", "UPDATE", "lettuce.job_queue", CLAIM_SQL);
+    let mut result = claim_batch_sql(pool, queue, kinds, limit, worker_id, lease)
         .instrument(span.clone())
         .await;
     record_sql(&span, &result, |jobs| jobs.len());
+    if let (false, Ok(jobs)) = (span.is_disabled(), &mut result) {
+        // The claim links to the producers (the stored traceparents); each job links back.
+        let claim = crate::telemetry::span_context(&span);
+        for job in jobs.iter_mut() {
+            if let Some(producer) = job
+                .traceparent
+                .as_deref()
+                .and_then(crate::telemetry::span_context_from_traceparent)
+            {
+                crate::telemetry::add_links(&span, [&producer]);
+            }
+            job.claim_span = claim.clone();
+        }
+    }
     result
 }
 
@@ -345,6 +409,8 @@ fn claimed_job(r: &tokio_postgres::Row) -> ClaimedJob {
         attempted_at,
         traceparent,
         undecodable: problem,
+        claim_span: None,
+        attempt_span: None,
     }
 }
 
@@ -363,6 +429,8 @@ pub struct Completion {
     pub restore_attempt: bool,
     /// The queue, for the wake-up NOTIFY when the job becomes available again.
     pub queue: String,
+    /// The attempt's span, which the batch's `db.complete_batch` span links to.
+    pub span: Option<SpanContext>,
 }
 
 /// An artifact row written in the same transaction as its job's completion.
@@ -452,7 +520,9 @@ pub async fn complete_batch(
     } else {
         REQUEUE_SQL
     };
-    let span = crate::telemetry::sql_span("db.complete_batch", "UPDATE", shown);
+    let span =
+        crate::telemetry::sql_span("db.complete_batch", "UPDATE", "lettuce.job_queue", shown);
+    crate::telemetry::add_links(&span, batch.iter().filter_map(|c| c.span.as_ref()));
     let result = complete_batch_sql(pool, worker_id, batch, artifacts)
         .instrument(span.clone())
         .await;
@@ -553,13 +623,17 @@ async fn complete_batch_sql(
 
 /// Extends the leases of this worker's running attempts and refreshes its presence row, in one
 /// statement. Returns the ids still held; any other id was lost (rescued or cancelled).
+/// `attempt_spans` are the held attempts' spans, which the `db.heartbeat` span links to.
 pub async fn heartbeat(
     pool: &DbPool,
     worker: &super::workers::WorkerRow,
     held: &[(i64, i32)],
+    attempt_spans: &[SpanContext],
     lease: Duration,
 ) -> Result<Vec<i64>, DbError> {
-    let span = crate::telemetry::sql_span("db.heartbeat", "UPDATE", HEARTBEAT_SQL);
+    let span =
+        crate::telemetry::sql_span("db.heartbeat", "UPDATE", "lettuce.job_queue", HEARTBEAT_SQL);
+    crate::telemetry::add_links(&span, attempt_spans);
     let result = heartbeat_sql(pool, worker, held, lease)
         .instrument(span.clone())
         .await;

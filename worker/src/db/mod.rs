@@ -344,6 +344,14 @@ pub fn build_pool(mut cfg: PgConfig, tls: Tls, pool_size: usize) -> DbPool {
     if cfg.get_application_name().is_none() {
         cfg.application_name("lettuce-worker");
     }
+    // `server.address` / `server.port` of SQL spans: the first host, never the URL.
+    if let Some(host) = cfg.get_hosts().first() {
+        let port = cfg.get_ports().first().copied().unwrap_or(5432);
+        match host {
+            Host::Tcp(h) => crate::telemetry::set_db_server(h.clone(), Some(port)),
+            Host::Unix(dir) => crate::telemetry::set_db_server(dir.display().to_string(), None),
+        }
+    }
     let mgr = Manager::from_config(
         cfg,
         tls,
@@ -360,6 +368,26 @@ pub fn build_pool(mut cfg: PgConfig, tls: Tls, pool_size: usize) -> DbPool {
         .build()
         // Only fails when a timeout is set without a runtime; we always set the runtime.
         .expect("pool configuration is valid")
+}
+
+/// Runs one statement's future inside its SQL span (see `telemetry::sql_span`), recording the
+/// row count or the error: how every SQL a handler makes gets its client span under the job.
+pub(crate) async fn traced<T>(
+    span: tracing::Span,
+    rows: impl Fn(&T) -> usize,
+    fut: impl std::future::Future<Output = Result<T, DbError>>,
+) -> Result<T, DbError> {
+    use tracing::Instrument;
+    let result = fut.instrument(span.clone()).await;
+    if !span.is_disabled() {
+        match &result {
+            Ok(v) => {
+                span.record("db.rows", rows(v) as u64);
+            }
+            Err(e) => crate::telemetry::record_error(&span, e),
+        }
+    }
+    result
 }
 
 /// The full text of a Postgres error, including the server's message and the OS error.

@@ -16,14 +16,35 @@ pub struct WorkerRow {
     pub queues: Vec<String>,
 }
 
+/// `hostname:pid:random`, fresh on each call.
+fn fresh_id() -> String {
+    let hostname = gethostname::gethostname().to_string_lossy().into_owned();
+    let suffix: u32 = rand::random();
+    format!("{hostname}:{}:{suffix:08x}", std::process::id())
+}
+
+static PROCESS_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+static PROCESS_ID_TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The id of this process's (first) worker, known before the runtime starts, so the trace
+/// exporter's resource can carry it as `service.instance.id`.
+pub fn process_worker_id() -> &'static str {
+    PROCESS_ID.get_or_init(fresh_id)
+}
+
 impl WorkerRow {
-    /// A fresh identity for this process: `hostname:pid:random`.
+    /// A fresh identity for this process: `hostname:pid:random`. The first one is
+    /// [`process_worker_id`]; a process running several workers (tests) gets fresh ids after.
     pub fn for_this_process(queues: Vec<String>) -> WorkerRow {
         let hostname = gethostname::gethostname().to_string_lossy().into_owned();
         let pid = std::process::id() as i32;
-        let suffix: u32 = rand::random();
+        let id = if PROCESS_ID_TAKEN.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            fresh_id()
+        } else {
+            process_worker_id().to_string()
+        };
         WorkerRow {
-            id: format!("{hostname}:{pid}:{suffix:08x}"),
+            id,
             hostname,
             pid,
             version: crate::VERSION.to_string(),

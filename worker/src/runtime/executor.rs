@@ -14,10 +14,21 @@ use super::{Held, Shared};
 use crate::db::jobs::ClaimedJob;
 use crate::handlers::{JobContext, JobInfo};
 
-pub(crate) fn spawn(shared: &Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
+pub(crate) fn spawn(shared: &Arc<Shared>, mut job: ClaimedJob, permit: OwnedSemaphorePermit) {
     let cancel = shared.cancel_jobs.child_token();
     let lost = Arc::new(AtomicBool::new(false));
     let cancelled = Arc::new(AtomicBool::new(false));
+    // One span per attempt; disabled (and free) when no exporter is configured. Made here so
+    // the lease heartbeat and the completion can link to it.
+    let span = crate::telemetry::job_span(
+        job.id,
+        &job.kind,
+        &job.queue,
+        job.attempt,
+        job.traceparent.as_deref(),
+        job.claim_span.as_ref(),
+    );
+    job.attempt_span = crate::telemetry::span_context(&span);
     shared.inflight.lock().expect("inflight lock").insert(
         job.id,
         Held {
@@ -25,6 +36,7 @@ pub(crate) fn spawn(shared: &Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphor
             cancel: cancel.clone(),
             lost: lost.clone(),
             cancelled: cancelled.clone(),
+            span: job.attempt_span.clone(),
         },
     );
     let s = shared.clone();
@@ -33,18 +45,11 @@ pub(crate) fn spawn(shared: &Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphor
         .metrics
         .attempt_started(&job.queue, pickup.unsigned_abs());
     shared.executors.spawn(async move {
-        // One span per attempt; disabled (and free) when no exporter is configured.
-        let span = crate::telemetry::job_span(
-            job.id,
-            &job.kind,
-            &job.queue,
-            job.attempt,
-            job.traceparent.as_deref(),
-        );
         let started = Instant::now();
         let outcome = match &job.undecodable {
             // Nothing can run on a row we could not read: discard it, naming the field.
             Some(problem) => {
+                let _in_span = span.enter();
                 tracing::error!(job.id = job.id, job.kind = %job.kind, problem = %problem, "job row cannot be decoded; discarding it");
                 Some(Outcome::Discard { error: problem.clone() })
             }

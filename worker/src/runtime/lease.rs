@@ -14,15 +14,21 @@ use super::{Shared, sleep_or_stop};
 pub(crate) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let every = (shared.config.lease / 3).max(Duration::from_millis(30));
     while sleep_or_stop(every, &stop).await {
-        let held: Vec<(i64, i32)> = shared
-            .inflight
-            .lock()
-            .expect("inflight lock")
-            .iter()
-            .map(|(id, h)| (*id, h.attempt))
-            .collect();
-        match crate::db::jobs::heartbeat(&shared.pool, &shared.worker, &held, shared.config.lease)
-            .await
+        let (held, spans): (Vec<(i64, i32)>, Vec<opentelemetry::trace::SpanContext>) = {
+            let inflight = shared.inflight.lock().expect("inflight lock");
+            let held = inflight.iter().map(|(id, h)| (*id, h.attempt)).collect();
+            // Empty (nothing allocated) when spans are not exported.
+            let spans = inflight.values().filter_map(|h| h.span.clone()).collect();
+            (held, spans)
+        };
+        match crate::db::jobs::heartbeat(
+            &shared.pool,
+            &shared.worker,
+            &held,
+            &spans,
+            shared.config.lease,
+        )
+        .await
         {
             Ok(kept) => {
                 let inflight = shared.inflight.lock().expect("inflight lock");

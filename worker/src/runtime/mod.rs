@@ -51,6 +51,8 @@ pub struct Held {
     pub lost: Arc<AtomicBool>,
     /// Set (with `lost`) when the attempt was lost to an operator's cancel.
     pub cancelled: Arc<AtomicBool>,
+    /// The attempt's span, which the lease heartbeat links to; `None` when not exported.
+    pub span: Option<opentelemetry::trace::SpanContext>,
 }
 
 /// Counters shared with `/metrics` and tests.

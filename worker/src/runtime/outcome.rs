@@ -72,6 +72,7 @@ impl Outcome {
             error: None,
             restore_attempt: false,
             queue: job.queue.clone(),
+            span: job.attempt_span.clone(),
         };
         match self {
             Outcome::Completed { .. } => base,
@@ -151,6 +152,8 @@ mod tests {
             attempted_at: OffsetDateTime::now_utc(),
             traceparent: None,
             undecodable: None,
+            claim_span: None,
+            attempt_span: None,
         }
     }
 

@@ -11,13 +11,20 @@
 //!
 //! | span | kind | attributes |
 //! |---|---|---|
-//! | `job.<kind>` | consumer | `job.id`, `job.kind`, `job.queue`, `job.attempt`, `job.outcome`; on failure status ERROR with the error text and `error.message` |
-//! | `db.claim_batch`, `db.complete_batch`, `db.heartbeat` | client | `db.system`=`postgresql`, `db.operation`, `db.statement` (placeholders, never values), `db.rows` |
+//! | `job.<kind>` ([`job_span`]) | consumer | `job.id`, `job.kind`, `job.queue`, `job.attempt`, `job.outcome`, `messaging.system`=`lettuce`, `messaging.operation.type`=`process`, `messaging.destination.name` (the queue), `messaging.message.id` (the id as text); on failure status ERROR with the error text, `error.message` and `error.type` ([`error_type`]); a link to the `db.claim_batch` span that claimed it |
+//! | `enqueue <queue>` ([`producer_span`]) | producer | `messaging.system`, `messaging.operation.type`=`send`, `messaging.operation.name`=`enqueue`, `messaging.destination.name`, `messaging.message.id` (one job) or `messaging.batch.message_count` |
+//! | `db.claim_batch`, `db.complete_batch`, `db.heartbeat`, `db.<statement>` ([`sql_span`]) | client | `db.system.name`=`postgresql`, `db.operation.name`, `db.collection.name`, `db.query.text` (placeholders, never values), `server.address`, `server.port` (none for a Unix socket), `db.rows`; the batched ones link to the spans they serve |
 //! | `http.client` helper ([`http_client_span`]) | client | `http.request.method`, `server.address`, `url.full` (no query), `http.response.status_code` |
 //! | `S3.<Operation>` ([`s3_client_span`]) | client | the HTTP ones plus `rpc.system`=`aws-api`, `rpc.service`=`S3`, `rpc.method`, `aws.s3.bucket`, `aws.s3.key` |
 //!
-//! A job span is the child of the `traceparent` stored with the job when there is one;
-//! [`current_traceparent`] is what the Rust enqueue API stores.
+//! A job span is the child of the `traceparent` stored with the job when there is one (and
+//! `OTEL_PROPAGATORS` includes `tracecontext`); the Rust enqueue API stores its producer span's
+//! context ([`traceparent_of`]) unless the caller gave one. SQL a handler makes through `db::*`
+//! is a child of the job span (the handler runs inside it). Every helper checks
+//! `span.is_disabled()` first: without an exporter, spans, links and ids cost nothing.
+//!
+//! With `LETTUCE_LOG_FORMAT=json` and an exporter, a log line written inside a sampled span
+//! carries its `trace_id` and `span_id` ([`JsonWithTraceIds`]).
 //!
 //! [`heartbeat`] is the daily telemetry ping (SPEC §8).
 
@@ -25,15 +32,20 @@ pub mod heartbeat;
 pub mod otlp;
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::{Targets, filter_fn};
+use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::prelude::*;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::config::LogFormat;
@@ -75,9 +87,20 @@ pub fn init_logging(format: LogFormat) {
 }
 
 /// Installs the global subscriber with the OTLP exporter when `otlp` is given. Call once,
-/// inside the Tokio runtime, and [`Telemetry::shutdown`] before exit.
-pub fn init(format: LogFormat, otlp: Option<&OtlpSettings>) -> Result<Telemetry, TelemetryError> {
-    let provider = otlp.map(otlp::build_provider).transpose()?;
+/// inside the Tokio runtime, and [`Telemetry::shutdown`] before exit. `instance_id` becomes the
+/// resource's `service.instance.id` (the worker id for `run`).
+pub fn init(
+    format: LogFormat,
+    otlp: Option<&OtlpSettings>,
+    instance_id: &str,
+) -> Result<Telemetry, TelemetryError> {
+    let provider = otlp
+        .map(|s| otlp::build_provider(s, instance_id))
+        .transpose()?;
+    if let Some(s) = otlp {
+        PROPAGATE_TRACECONTEXT.store(s.propagators.tracecontext, Ordering::Relaxed);
+    }
+    EXPORTING.store(provider.is_some(), Ordering::Relaxed);
     install(format, provider.as_ref());
     if let Some(s) = otlp {
         tracing::info!(endpoint = %s.endpoint, protocol = ?s.protocol, service = %s.service_name, "exporting traces over OTLP");
@@ -130,6 +153,7 @@ fn install(format: LogFormat, provider: Option<&SdkTracerProvider>) {
             .with(
                 tracing_subscriber::fmt::layer()
                     .json()
+                    .map_event_format(JsonWithTraceIds)
                     .with_writer(crate::redact::stderr)
                     .with_filter(log_filter())
                     .with_filter(not_backend_only()),
@@ -153,6 +177,12 @@ fn install(format: LogFormat, provider: Option<&SdkTracerProvider>) {
 pub fn otel_layer(provider: &SdkTracerProvider) -> impl Layer<Registry> + Send + Sync + use<> {
     tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("lettuce-worker"))
+        // No per-span noise: source locations, threads, busy/idle times and the `tracing` target
+        // say nothing a trace backend can use, and cost bytes on every span.
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+        .with_target(false)
         .with_filter(
             Targets::new()
                 .with_target(SPAN_TARGET, tracing::Level::TRACE)
@@ -160,41 +190,84 @@ pub fn otel_layer(provider: &SdkTracerProvider) -> impl Layer<Registry> + Send +
         )
 }
 
-/// The span of one attempt, named `job.<kind>`, parented to `traceparent` when it parses.
-/// Disabled (and free) when nothing exports spans.
+/// True while spans are exported (set by [`init`]); log lines look for trace ids only then.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+/// False when `OTEL_PROPAGATORS` leaves out `tracecontext`: nothing is stored with a job nor
+/// read back from one.
+static PROPAGATE_TRACECONTEXT: AtomicBool = AtomicBool::new(true);
+
+/// The span of one attempt, named `job.<kind>`, parented to `traceparent` when it parses and
+/// linked to the claim span that claimed it. Disabled (and free: nothing is allocated) when
+/// nothing exports spans.
 pub fn job_span(
     id: i64,
     kind: &str,
     queue: &str,
     attempt: i32,
     traceparent: Option<&str>,
+    claim: Option<&SpanContext>,
 ) -> tracing::Span {
     let span = tracing::info_span!(
         target: SPAN_TARGET,
         "job",
-        otel.name = format!("job.{kind}").as_str(),
+        otel.name = Empty,
         otel.kind = "consumer",
         job.id = id,
         job.kind = kind,
         job.queue = queue,
         job.attempt = attempt,
         job.outcome = Empty,
+        messaging.system = "lettuce",
+        messaging.operation.type = "process",
+        messaging.destination.name = queue,
+        messaging.message.id = Empty,
         error.message = Empty,
+        error.type = Empty,
         otel.status_code = Empty,
         otel.status_description = Empty,
     );
-    if !span.is_disabled()
-        && let Some(parent) = traceparent.and_then(context_from_traceparent)
-    {
+    if span.is_disabled() {
+        return span;
+    }
+    span.record("otel.name", format!("job.{kind}").as_str());
+    span.record("messaging.message.id", id.to_string().as_str());
+    if let Some(parent) = traceparent.and_then(context_from_traceparent) {
         // Only fails when the span was already started elsewhere, which it was not.
         let _ = span.set_parent(parent);
+    }
+    if let Some(claim) = claim {
+        span.add_link(claim.clone());
     }
     span
 }
 
-/// Records how the attempt ended: `job.outcome`, and on failure the ERROR status and the error.
+/// The `error.type` of a failed attempt, a closed low-cardinality set: `panic`, `timeout`,
+/// `handler_error` (a retryable error the handler returned, or an aborted attempt),
+/// `discarded` (a permanent error, or a row that cannot be decoded), `lost` (the lease was
+/// taken away). `None` for the outcomes that are no failure.
+pub fn error_type(outcome: &str, error: Option<&str>) -> Option<&'static str> {
+    match outcome {
+        "lost" => Some("lost"),
+        "discarded" => Some("discarded"),
+        "error" => Some(match error {
+            Some(e) if e.starts_with("panic:") => "panic",
+            Some(e) if e.starts_with("timeout:") => "timeout",
+            _ => "handler_error",
+        }),
+        _ => None,
+    }
+}
+
+/// Records how the attempt ended: `job.outcome`, and on failure the ERROR status, the error
+/// and its `error.type`.
 pub fn record_outcome(span: &tracing::Span, outcome: &str, error: Option<&str>) {
+    if span.is_disabled() {
+        return;
+    }
     span.record("job.outcome", outcome);
+    if let Some(kind) = error_type(outcome, error) {
+        span.record("error.type", kind);
+    }
     if let Some(error) = error {
         span.record("error.message", error);
         span.record("otel.status_code", "error");
@@ -202,24 +275,104 @@ pub fn record_outcome(span: &tracing::Span, outcome: &str, error: Option<&str>) 
     }
 }
 
-/// A child span for one SQL statement. `statement` is the text with `$n` placeholders.
+/// The span context of an exported span, to link to or carry; `None` (nothing allocated) when
+/// the span is disabled.
+pub fn span_context(span: &tracing::Span) -> Option<SpanContext> {
+    if span.is_disabled() {
+        return None;
+    }
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then_some(sc)
+}
+
+/// Links `span` to each of `contexts` (no work when the span is disabled).
+pub fn add_links<'a>(span: &tracing::Span, contexts: impl IntoIterator<Item = &'a SpanContext>) {
+    if span.is_disabled() {
+        return;
+    }
+    for cx in contexts {
+        span.add_link(cx.clone());
+    }
+}
+
+/// The PRODUCER span of an enqueue: `enqueue <queue>` (`enqueue` when a batch spans several
+/// queues). Its context is what the enqueue stores as the jobs' `traceparent`.
+pub fn producer_span(queue: Option<&str>, count: usize) -> tracing::Span {
+    let span = tracing::info_span!(
+        target: SPAN_TARGET,
+        "enqueue",
+        otel.name = Empty,
+        otel.kind = "producer",
+        messaging.system = "lettuce",
+        messaging.operation.type = "send",
+        messaging.operation.name = "enqueue",
+        messaging.destination.name = Empty,
+        messaging.message.id = Empty,
+        messaging.batch.message_count = Empty,
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+    );
+    if span.is_disabled() {
+        return span;
+    }
+    match queue {
+        Some(q) => {
+            span.record("otel.name", format!("enqueue {q}").as_str());
+            span.record("messaging.destination.name", q);
+        }
+        None => {
+            span.record("otel.name", "enqueue");
+        }
+    }
+    if count != 1 {
+        span.record("messaging.batch.message_count", count as u64);
+    }
+    span
+}
+
+/// Where the pools connect to, for `server.address` / `server.port` of SQL spans (set once, by
+/// the first pool built: every pool of a process points at the same database).
+static DB_SERVER: OnceLock<(String, Option<u16>)> = OnceLock::new();
+
+/// Records the database server SQL spans name: a host and port, or for a Unix socket the
+/// socket directory and no port. Never the URL (it may hold a password).
+pub fn set_db_server(address: String, port: Option<u16>) {
+    let _ = DB_SERVER.set((address, port));
+}
+
+/// A span for one SQL statement, a child of the current span (the job span, for a handler's
+/// SQL). `statement` is the text with `$n` placeholders; `collection` the main table.
 pub fn sql_span(
     name: &'static str,
     operation: &'static str,
+    collection: &'static str,
     statement: &'static str,
 ) -> tracing::Span {
-    tracing::info_span!(
+    let span = tracing::info_span!(
         target: SPAN_TARGET,
         "db",
         otel.name = name,
         otel.kind = "client",
-        db.system = "postgresql",
-        db.operation = operation,
-        db.statement = statement.trim(),
+        db.system.name = "postgresql",
+        db.operation.name = operation,
+        db.collection.name = collection,
+        db.query.text = statement.trim(),
+        server.address = Empty,
+        server.port = Empty,
         db.rows = Empty,
         otel.status_code = Empty,
         otel.status_description = Empty,
-    )
+    );
+    if !span.is_disabled()
+        && let Some((address, port)) = DB_SERVER.get()
+    {
+        span.record("server.address", address.as_str());
+        if let Some(port) = port {
+            span.record("server.port", *port);
+        }
+    }
+    span
 }
 
 /// Marks a SQL (or HTTP) span as failed.
@@ -295,7 +448,16 @@ fn sanitize_url(url: &str) -> (String, String) {
 /// The W3C `traceparent` of the current span, when a sampled or unsampled trace is active and
 /// exported; `None` otherwise (no exporter: nothing to link to).
 pub fn current_traceparent() -> Option<String> {
-    let cx = tracing::Span::current().context();
+    traceparent_of(&tracing::Span::current())
+}
+
+/// The W3C `traceparent` of `span`; `None` when it is not exported or `OTEL_PROPAGATORS`
+/// leaves out `tracecontext`.
+pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
+    if span.is_disabled() || !PROPAGATE_TRACECONTEXT.load(Ordering::Relaxed) {
+        return None;
+    }
+    let cx = span.context();
     if !cx.span().span_context().is_valid() {
         return None;
     }
@@ -304,12 +466,70 @@ pub fn current_traceparent() -> Option<String> {
     carrier.remove("traceparent")
 }
 
-/// Parses a W3C `traceparent` into a remote parent context; `None` when it does not parse.
+/// Parses a W3C `traceparent` into a remote parent context; `None` when it does not parse (or
+/// `OTEL_PROPAGATORS` leaves out `tracecontext`).
 pub fn context_from_traceparent(traceparent: &str) -> Option<opentelemetry::Context> {
+    if !PROPAGATE_TRACECONTEXT.load(Ordering::Relaxed) {
+        return None;
+    }
     let carrier: HashMap<String, String> =
         HashMap::from([("traceparent".to_string(), traceparent.trim().to_string())]);
     let cx = TraceContextPropagator::new().extract(&carrier);
     cx.span().span_context().is_valid().then_some(cx)
+}
+
+/// The remote span context a stored `traceparent` names, for links.
+pub fn span_context_from_traceparent(traceparent: &str) -> Option<SpanContext> {
+    context_from_traceparent(traceparent).map(|cx| cx.span().span_context().clone())
+}
+
+/// The JSON log format plus `trace_id` and `span_id` of the current OpenTelemetry span, when
+/// spans are exported and that span is sampled. The other fields are the standard JSON
+/// formatter's, untouched: its line is written first, then the two fields are appended.
+pub struct JsonWithTraceIds<F>(pub F);
+
+impl<S, N, F> FormatEvent<S, N> for JsonWithTraceIds<F>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'w> FormatFields<'w> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let ids = if EXPORTING.load(Ordering::Relaxed) {
+            current_sampled_ids()
+        } else {
+            None
+        };
+        let Some((trace_id, span_id)) = ids else {
+            return self.0.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        match line.trim_end().strip_suffix('}') {
+            Some(body) => writeln!(
+                writer,
+                "{body},\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\"}}"
+            ),
+            None => writer.write_str(&line),
+        }
+    }
+}
+
+/// Trace and span id (hex) of the current span when it is exported and sampled.
+fn current_sampled_ids() -> Option<(String, String)> {
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return None;
+    }
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    (sc.is_valid() && sc.is_sampled())
+        .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
 }
 
 #[cfg(test)]
@@ -339,7 +559,7 @@ mod tests {
     fn job_span_has_contract_names_and_remote_parent() {
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let spans = with_exporter(|| {
-            let span = job_span(42, "diag.fail", "default", 3, Some(tp));
+            let span = job_span(42, "diag.fail", "default", 3, Some(tp), None);
             record_outcome(&span, "error", Some("boom"));
         });
         assert_eq!(spans.len(), 1);
@@ -358,6 +578,128 @@ mod tests {
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
         assert_eq!(s.parent_span_id.to_string(), "00f067aa0ba902b7");
+        assert_eq!(attr(s, "messaging.system").as_deref(), Some("lettuce"));
+        assert_eq!(
+            attr(s, "messaging.operation.type").as_deref(),
+            Some("process")
+        );
+        assert_eq!(
+            attr(s, "messaging.destination.name").as_deref(),
+            Some("default")
+        );
+        assert_eq!(attr(s, "messaging.message.id").as_deref(), Some("42"));
+        assert_eq!(attr(s, "error.type").as_deref(), Some("handler_error"));
+    }
+
+    #[test]
+    fn spans_carry_no_location_thread_timing_or_target_noise() {
+        let spans = with_exporter(|| {
+            let span = job_span(1, "diag.noop", "default", 1, None, None);
+            let _g = span.enter();
+            let sql = sql_span("db.x", "SELECT", "lettuce.job_queue", "SELECT $1");
+            drop(sql);
+        });
+        assert_eq!(spans.len(), 2);
+        for s in &spans {
+            for noise in [
+                "code.filepath",
+                "code.file.path",
+                "code.namespace",
+                "code.lineno",
+                "code.line.number",
+                "thread.id",
+                "thread.name",
+                "busy_ns",
+                "idle_ns",
+                "target",
+            ] {
+                assert_eq!(attr(s, noise), None, "{noise} on {}", s.name);
+            }
+        }
+    }
+
+    #[test]
+    fn error_types_are_a_closed_set() {
+        assert_eq!(error_type("completed", None), None);
+        assert_eq!(error_type("snoozed", None), None);
+        assert_eq!(error_type("error", Some("panic: x")), Some("panic"));
+        assert_eq!(
+            error_type("error", Some("timeout: attempt exceeded 5 ms")),
+            Some("timeout")
+        );
+        assert_eq!(error_type("error", Some("nope")), Some("handler_error"));
+        assert_eq!(error_type("discarded", Some("p")), Some("discarded"));
+        assert_eq!(error_type("lost", None), Some("lost"));
+    }
+
+    #[test]
+    fn sql_span_uses_stable_db_names_and_links() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let spans = with_exporter(|| {
+            let s = sql_span(
+                "db.claim_batch",
+                "UPDATE",
+                "lettuce.job_queue",
+                "  UPDATE lettuce.job_queue SET x = $1 ",
+            );
+            add_links(&s, [&span_context_from_traceparent(tp).unwrap()]);
+        });
+        let s = &spans[0];
+        assert_eq!(s.name, "db.claim_batch");
+        assert_eq!(attr(s, "db.system.name").as_deref(), Some("postgresql"));
+        assert_eq!(attr(s, "db.operation.name").as_deref(), Some("UPDATE"));
+        assert_eq!(
+            attr(s, "db.collection.name").as_deref(),
+            Some("lettuce.job_queue")
+        );
+        assert_eq!(
+            attr(s, "db.query.text").as_deref(),
+            Some("UPDATE lettuce.job_queue SET x = $1")
+        );
+        for old in ["db.system", "db.operation", "db.statement"] {
+            assert_eq!(attr(s, old), None, "{old}");
+        }
+        assert_eq!(s.links.len(), 1);
+        assert_eq!(
+            s.links[0].span_context.span_id().to_string(),
+            "00f067aa0ba902b7"
+        );
+    }
+
+    #[test]
+    fn producer_span_becomes_the_stored_parent() {
+        let mut stored = None;
+        let spans = with_exporter(|| {
+            let p = producer_span(Some("mail"), 1);
+            stored = traceparent_of(&p);
+            p.record("messaging.message.id", "9");
+        });
+        let p = &spans[0];
+        assert_eq!(p.name, "enqueue mail");
+        assert_eq!(p.span_kind, opentelemetry::trace::SpanKind::Producer);
+        assert_eq!(attr(p, "messaging.operation.type").as_deref(), Some("send"));
+        assert_eq!(
+            attr(p, "messaging.destination.name").as_deref(),
+            Some("mail")
+        );
+        assert_eq!(attr(p, "messaging.message.id").as_deref(), Some("9"));
+        assert_eq!(
+            stored,
+            Some(format!(
+                "00-{}-{}-01",
+                p.span_context.trace_id(),
+                p.span_context.span_id()
+            ))
+        );
+    }
+
+    #[test]
+    fn disabled_spans_do_no_work() {
+        // No subscriber: every helper returns at once, nothing to link or carry.
+        let span = job_span(1, "k", "q", 1, Some("garbage"), None);
+        assert!(span.is_disabled());
+        assert!(span_context(&span).is_none());
+        assert!(traceparent_of(&producer_span(Some("q"), 1)).is_none());
     }
 
     #[test]

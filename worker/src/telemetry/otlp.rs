@@ -12,9 +12,13 @@
 //! | `OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL` | `http/protobuf` (default) or `grpc` |
 //! | `OTEL_EXPORTER_OTLP_[TRACES_]HEADERS` | `key=value,…`, values percent-decoded |
 //! | `OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT` | export timeout in ms (default 10000) |
+//! | `OTEL_EXPORTER_OTLP_[TRACES_]COMPRESSION` | `gzip` or `none` (default) |
+//! | `OTEL_PROPAGATORS` | `tracecontext` (default), `baggage`, `none`, comma-separated: without `tracecontext` no `traceparent` is stored with a job nor read from one; `baggage` is accepted but has nothing to carry (a job stores no baggage) |
 //! | `OTEL_SERVICE_NAME` | `service.name` (default `lettuce-worker`) |
 //! | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | `parentbased_always_on` (default) and the other standard samplers |
 //! | `OTEL_BSP_*`, `OTEL_RESOURCE_ATTRIBUTES` | read by the SDK itself |
+//!
+//! The resource also carries `service.version` and `service.instance.id` (the worker id).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -62,6 +66,29 @@ impl SamplerSetting {
     }
 }
 
+/// Which `OTEL_PROPAGATORS` are on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Propagators {
+    pub tracecontext: bool,
+    pub baggage: bool,
+}
+
+impl Default for Propagators {
+    fn default() -> Self {
+        Propagators {
+            tracecontext: true,
+            baggage: false,
+        }
+    }
+}
+
+/// Export compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+}
+
 /// Everything the exporter needs, resolved from the environment.
 #[derive(Debug, Clone)]
 pub struct OtlpSettings {
@@ -73,6 +100,8 @@ pub struct OtlpSettings {
     pub timeout: Option<Duration>,
     pub service_name: String,
     pub sampler: SamplerSetting,
+    pub compression: Compression,
+    pub propagators: Propagators,
 }
 
 /// A telemetry variable that does not parse, or an exporter that cannot be built.
@@ -104,6 +133,7 @@ pub fn settings_from_env(env: &Env) -> Result<Option<OtlpSettings>, TelemetryErr
     if get(env, "OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
         return Ok(None);
     }
+    let propagators = propagators_from_env(env)?;
     if let Some(exporter) = get(env, "OTEL_TRACES_EXPORTER") {
         match exporter.to_ascii_lowercase().as_str() {
             "none" => return Ok(None),
@@ -190,6 +220,23 @@ pub fn settings_from_env(env: &Env) -> Result<Option<OtlpSettings>, TelemetryErr
             })
         })
         .unwrap_or_else(|| "lettuce-worker".to_string());
+    let compression = match pick(
+        env,
+        "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+        "OTEL_EXPORTER_OTLP_COMPRESSION",
+    ) {
+        None => Compression::None,
+        Some((var, v)) => match v.to_ascii_lowercase().as_str() {
+            "none" => Compression::None,
+            "gzip" => Compression::Gzip,
+            _ => {
+                return Err(TelemetryError::BadVar {
+                    var,
+                    problem: format!("{v:?} is not supported; accepted: gzip, none"),
+                });
+            }
+        },
+    };
     Ok(Some(OtlpSettings {
         endpoint,
         protocol,
@@ -197,7 +244,36 @@ pub fn settings_from_env(env: &Env) -> Result<Option<OtlpSettings>, TelemetryErr
         timeout,
         service_name,
         sampler: sampler_from_env(env)?,
+        compression,
+        propagators,
     }))
+}
+
+/// `OTEL_PROPAGATORS`: a comma-separated list of `tracecontext`, `baggage`, `none`.
+pub fn propagators_from_env(env: &Env) -> Result<Propagators, TelemetryError> {
+    let Some(list) = get(env, "OTEL_PROPAGATORS") else {
+        return Ok(Propagators::default());
+    };
+    let mut p = Propagators {
+        tracecontext: false,
+        baggage: false,
+    };
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match name.to_ascii_lowercase().as_str() {
+            "tracecontext" => p.tracecontext = true,
+            "baggage" => p.baggage = true,
+            "none" => {}
+            _ => {
+                return Err(TelemetryError::BadVar {
+                    var: "OTEL_PROPAGATORS",
+                    problem: format!(
+                        "{name:?} is not supported; accepted: tracecontext, baggage, none"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(p)
 }
 
 fn sampler_from_env(env: &Env) -> Result<SamplerSetting, TelemetryError> {
@@ -285,7 +361,10 @@ fn percent_decode(s: &str) -> Option<String> {
 /// Builds the provider with a batch exporter. Must run inside the Tokio runtime (the gRPC
 /// channel binds to it); the batch processor itself runs on its own thread, which is why HTTP
 /// uses the blocking reqwest client.
-pub fn build_provider(settings: &OtlpSettings) -> Result<SdkTracerProvider, TelemetryError> {
+pub fn build_provider(
+    settings: &OtlpSettings,
+    instance_id: &str,
+) -> Result<SdkTracerProvider, TelemetryError> {
     let exporter = match settings.protocol {
         Protocol::HttpProtobuf => {
             let headers: HashMap<String, String> = settings
@@ -300,6 +379,9 @@ pub fn build_provider(settings: &OtlpSettings) -> Result<SdkTracerProvider, Tele
                 .with_headers(headers);
             if let Some(t) = settings.timeout {
                 b = b.with_timeout(t);
+            }
+            if settings.compression == Compression::Gzip {
+                b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
             }
             b.build()
         }
@@ -328,6 +410,9 @@ pub fn build_provider(settings: &OtlpSettings) -> Result<SdkTracerProvider, Tele
             if let Some(t) = settings.timeout {
                 b = b.with_timeout(t);
             }
+            if settings.compression == Compression::Gzip {
+                b = b.with_compression(opentelemetry_otlp::Compression::Gzip);
+            }
             b.build()
         }
     }
@@ -341,6 +426,10 @@ pub fn build_provider(settings: &OtlpSettings) -> Result<SdkTracerProvider, Tele
                 .with_attribute(opentelemetry::KeyValue::new(
                     "service.version",
                     crate::VERSION,
+                ))
+                .with_attribute(opentelemetry::KeyValue::new(
+                    "service.instance.id",
+                    instance_id.to_string(),
                 ))
                 .build(),
         )
@@ -485,5 +574,77 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(s.service_name, "lettuce-eu");
+    }
+
+    #[test]
+    fn propagators_default_list_and_refusal() {
+        let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318");
+        let s = settings_from_env(&env(&[base])).unwrap().unwrap();
+        assert_eq!(s.propagators, Propagators::default());
+        assert!(s.propagators.tracecontext);
+        let s = settings_from_env(&env(&[base, ("OTEL_PROPAGATORS", "baggage, tracecontext")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            s.propagators,
+            Propagators {
+                tracecontext: true,
+                baggage: true
+            }
+        );
+        let s = settings_from_env(&env(&[base, ("OTEL_PROPAGATORS", "none")]))
+            .unwrap()
+            .unwrap();
+        assert!(!s.propagators.tracecontext && !s.propagators.baggage);
+        let e = settings_from_env(&env(&[base, ("OTEL_PROPAGATORS", "tracecontext,b3")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("ConfigError: OTEL_PROPAGATORS:"), "{e}");
+        assert!(e.contains("\"b3\""), "names the value: {e}");
+    }
+
+    #[test]
+    fn compression_gzip_none_and_refusal() {
+        let base = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318");
+        let s = settings_from_env(&env(&[base])).unwrap().unwrap();
+        assert_eq!(s.compression, Compression::None);
+        let s = settings_from_env(&env(&[base, ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.compression, Compression::Gzip);
+        // The signal-specific variable wins.
+        let s = settings_from_env(&env(&[
+            base,
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+            ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "none"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(s.compression, Compression::None);
+        let e = settings_from_env(&env(&[
+            base,
+            ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "zstd"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("ConfigError: OTEL_EXPORTER_OTLP_TRACES_COMPRESSION:"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn gzip_exporters_build_for_both_protocols() {
+        for protocol in ["http/protobuf", "grpc"] {
+            let s = settings_from_env(&env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+                ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+            ]))
+            .unwrap()
+            .unwrap();
+            let provider = build_provider(&s, "host:1:abc").expect(protocol);
+            let _ = provider.shutdown();
+        }
     }
 }

@@ -689,6 +689,7 @@ impl Bench {
                             error: None,
                             restore_attempt: false,
                             queue: j.queue.clone(),
+                            span: None,
                         })
                         .collect();
                     lettuce_worker::db::jobs::complete_batch(&pool, &me, &batch, &[]).await?;
