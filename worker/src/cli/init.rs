@@ -1,9 +1,11 @@
-//! `worker init`: the `lettuce-init` quick start (seed §0, SPEC §2).
+//! `worker init`: the `lettuce-init` quick start (README "Install with Docker").
 //!
-//! It verifies the license key offline, then writes a ready-to-run directory: `.env` (mode
-//! 0600, fresh random secrets), `docker-compose.yml` (the stack from `compose/` with the worker
-//! image pinned to `--version`), `otel-collector.yaml` (for the optional observability
-//! profile), `public.pem` and a `README.md` with the exact next commands.
+//! It reads the license key from a file, stdin or `LETTUCE_LICENSE_KEY` (an argument would show
+//! in `ps`; `--license-key K` still works), verifies it offline, then writes a ready-to-run
+//! directory: `.env` (mode 0600, fresh random secrets), `docker-compose.yml` (the stack from
+//! `compose/` with the worker image pinned to `--version`, by default this binary's own
+//! release), `otel-collector.yaml` (for the optional observability profile), `public.pem` and
+//! a `README.md` with the exact next commands.
 //!
 //! Nothing is written unless every check passed: the key verifies, and no output file exists
 //! (or `--force` was given, in which case each existing file that would change is first renamed
@@ -54,20 +56,19 @@ const SECRET_NAMES: &[&str] = &[
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The license key (JWT) from Lettuce sales; may also come from LETTUCE_LICENSE_KEY so it
-    /// stays out of shell history
-    #[arg(
-        long,
-        value_name = "K",
-        env = "LETTUCE_LICENSE_KEY",
-        hide_env_values = true
-    )]
-    pub license_key: String,
+    /// The license key (JWT) from Lettuce sales; `-` reads it from stdin. An argument shows in
+    /// `ps` and shell history: prefer --license-key-file, stdin, or LETTUCE_LICENSE_KEY in the
+    /// environment, which is read when neither option is given
+    #[arg(long, value_name = "K", conflicts_with = "license_key_file")]
+    pub license_key: Option<String>,
+    /// Read the license key from this file (`-`: stdin)
+    #[arg(long, value_name = "PATH")]
+    pub license_key_file: Option<PathBuf>,
     /// The host name Lettuce is served on, e.g. lettuce.example.com
     #[arg(long, value_name = "D")]
     pub domain: String,
-    /// The release to install: the worker image tag, e.g. 1.4.2
-    #[arg(long, value_name = "V")]
+    /// The release to install: the worker image tag (default: this binary's own version)
+    #[arg(long, value_name = "V", default_value = crate::VERSION)]
     pub version: String,
     /// Verify with this Ed25519 public key (a path or inline PEM) instead of the bundled one
     #[arg(long, value_name = "PEM", allow_hyphen_values = true)]
@@ -114,8 +115,12 @@ impl InitError {
     }
 }
 
-pub fn run(args: Args, _env: &Env) -> ExitCode {
-    match init(&args, OffsetDateTime::now_utc()) {
+pub fn run(args: Args, env: &Env) -> ExitCode {
+    let key = match license_key(&args, env) {
+        Ok(key) => key,
+        Err(e) => return fail(&e.to_string(), e.exit_code()),
+    };
+    match init(&args, &key, OffsetDateTime::now_utc()) {
         Ok(report) => {
             print!("{report}");
             ExitCode::SUCCESS
@@ -138,12 +143,62 @@ struct OutputFile {
     mode: u32,
 }
 
+/// The largest license key file `init` reads (a token is at most 8 KiB).
+const MAX_KEY_BYTES: u64 = 64 * 1024;
+
+/// The license key, trimmed, from (in this order) `--license-key` (`-`: stdin),
+/// `--license-key-file` (`-`: stdin) or `LETTUCE_LICENSE_KEY`. No message names the value.
+fn license_key(args: &Args, env: &Env) -> Result<String, InitError> {
+    let stdin = Path::new("-");
+    let raw = match (&args.license_key, &args.license_key_file) {
+        (Some(key), _) if key == "-" => read_key(stdin)?,
+        (Some(key), _) => key.clone(),
+        (None, Some(path)) => read_key(path)?,
+        (None, None) => env.get("LETTUCE_LICENSE_KEY").cloned().ok_or_else(|| {
+            InitError::Usage(
+                "no license key: pass --license-key-file PATH (`-` reads stdin) or set \
+                 LETTUCE_LICENSE_KEY in the environment"
+                    .to_string(),
+            )
+        })?,
+    };
+    Ok(raw.trim().to_string())
+}
+
+/// Reads a key file (`-`: stdin), at most [`MAX_KEY_BYTES`]. A pipe is fine (`<(…)`, `-`).
+fn read_key(path: &Path) -> Result<String, InitError> {
+    use std::io::Read as _;
+    let (what, reader): (String, Box<dyn std::io::Read>) = if path == Path::new("-") {
+        ("stdin".to_string(), Box::new(std::io::stdin()))
+    } else {
+        let file = std::fs::File::open(path).map_err(|e| {
+            InitError::Usage(format!(
+                "cannot read the license key from {}: {e}",
+                path.display()
+            ))
+        })?;
+        (path.display().to_string(), Box::new(file))
+    };
+    let mut bytes = Vec::new();
+    reader
+        .take(MAX_KEY_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| InitError::Usage(format!("cannot read the license key from {what}: {e}")))?;
+    if bytes.len() as u64 > MAX_KEY_BYTES {
+        return Err(InitError::Usage(format!(
+            "{what} is larger than 64 KiB: a license key is one line of text"
+        )));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| InitError::Usage(format!("{what} is not text: a license key is one line")))
+}
+
 /// Does the whole job and returns what to print on stdout.
-fn init(args: &Args, now: OffsetDateTime) -> Result<String, InitError> {
+fn init(args: &Args, license_key: &str, now: OffsetDateTime) -> Result<String, InitError> {
     let domain = normalize_domain(&args.domain)?;
     check_version(&args.version)?;
     let (key, public_key_pem) = public_key(args.public_key.as_deref())?;
-    let summary = check_license(args.license_key.trim(), &key, now)?;
+    let summary = check_license(license_key, &key, now)?;
     if summary.days_left < license::EXPIRY_WARN_DAYS {
         eprintln!(
             "WARN: the license expires on {} ({} days left); ask Lettuce sales for a renewal",
@@ -155,13 +210,7 @@ fn init(args: &Args, now: OffsetDateTime) -> Result<String, InitError> {
     let files = vec![
         OutputFile {
             name: ".env",
-            content: render_env(
-                args.license_key.trim(),
-                &domain,
-                &args.version,
-                &secrets,
-                now,
-            ),
+            content: render_env(license_key, &domain, &args.version, &secrets, now),
             mode: 0o600,
         },
         OutputFile {
@@ -278,7 +327,8 @@ fn check_version(version: &str) -> Result<(), InitError> {
         Ok(())
     } else {
         Err(InitError::Usage(format!(
-            "--version must be an image tag such as 1.4.2, got `{version}`"
+            "--version must be an image tag such as {}, got `{version}`",
+            crate::VERSION
         )))
     }
 }
@@ -291,7 +341,7 @@ fn public_key(arg: Option<&str>) -> Result<(VerifyingKey, String), InitError> {
     Ok((key, pem))
 }
 
-/// Verifies the token offline with the SPEC §4.2 rules (the same verifier boot uses).
+/// Verifies the token offline with the boot gate's rules (the same verifier boot uses).
 fn check_license(
     token: &str,
     key: &VerifyingKey,
@@ -414,6 +464,10 @@ fn pin_compose(template: &str, version: &str, mount_public_key: bool) -> String 
             .trim_start()
             .starts_with("# Fallback for a source checkout")
         {
+            // The whole comment block: its continuation lines are comments at the same depth.
+            while lines.peek().is_some_and(|l| l.starts_with("    #")) {
+                lines.next();
+            }
             continue;
         }
         if line == "    build:" {
@@ -440,7 +494,6 @@ fn pin_compose(template: &str, version: &str, mount_public_key: bool) -> String 
 fn next_commands(out: &Path) -> Vec<String> {
     vec![
         format!("cd {}", shell_quote(&out.display().to_string())),
-        "docker compose pull".to_string(),
         "docker compose up -d".to_string(),
         "docker compose ps".to_string(),
         "docker compose logs -f worker".to_string(),
@@ -472,6 +525,14 @@ fn render_readme(out: &Path, domain: &str, version: &str, summary: &LicenseSumma
         s,
         "Postgres and MinIO come up first; the worker starts once both are healthy and the bucket\n\
          exists. `docker compose ps` shows the worker `healthy` within about a minute.\n"
+    );
+    let _ = writeln!(
+        s,
+        "**No image is published yet**: until `ghcr.io/uselettuce` exists, pulling\n\
+         `ghcr.io/uselettuce/worker:{version}` fails with `unauthorized` or `manifest unknown`.\n\
+         Build it from a checkout of the worker's repository at that release\n\
+         (`docker build -t ghcr.io/uselettuce/worker:{version} .`); `docker compose up -d` then\n\
+         uses that local image.\n"
     );
     let _ = writeln!(
         s,
@@ -696,6 +757,11 @@ mod tests {
         assert!(!out.contains("build:"));
         assert!(!out.contains("dockerfile:"));
         assert!(!out.contains("public.pem:ro"));
+        assert!(!out.contains("Fallback for a source checkout"));
+        assert!(
+            !out.contains("the tag always names"),
+            "the comment block goes with it"
+        );
         // The rest of the worker service survives the cut.
         assert!(out.contains("    restart: unless-stopped\n    env_file:\n"));
         let mounted = pin_compose(COMPOSE_TEMPLATE, "1.4.2", true);
