@@ -2,13 +2,18 @@
 #
 # The Lettuce worker image: one static-enough binary on a slim Debian runtime.
 #
-#   docker build -t ghcr.io/uselettuce/worker:dev .
-#   docker build --build-arg VERSION=1.2.3 --build-arg REVISION=$(git rev-parse HEAD) -t ghcr.io/uselettuce/worker:1.2.3 .
+#   docker build -t ghcr.io/uselettuce/worker:0.1.0 .
+#   docker build --build-arg REVISION=$(git rev-parse HEAD) -t ghcr.io/uselettuce/worker:0.1.0 .
+#
+# VERSION is the release this checkout builds: the workspace version in Cargo.toml, which is
+# also what `worker --version` prints. Tag the image with it. A VERSION build-arg that differs
+# from Cargo.toml fails the build, so an image never carries a binary of another release.
 #
 # Stage 1 compiles; its dependency layer is cached separately from our sources, so a change to
 # worker/src rebuilds only the worker crate. Stage 2 is what ships.
 
 ARG RUST_VERSION=1.95
+ARG VERSION=0.1.0
 
 FROM rust:${RUST_VERSION}-bookworm AS builder
 WORKDIR /src
@@ -25,13 +30,26 @@ RUN mkdir -p worker/src xtests/src \
     && cargo build --release --locked -p lettuce-worker \
     && rm -rf worker/src
 
-# Our sources, and the compose files `worker init` embeds. COPY keeps the files' original modification times, which can be older than the
-# stand-ins built above; touching them makes cargo's fingerprint see the change.
+# The release guard: VERSION must be the workspace version (after the dependency layer, so a
+# new VERSION does not invalidate it).
+ARG VERSION
+RUN crate=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1) \
+    && if [ "$VERSION" != "$crate" ]; then \
+         echo "VERSION=$VERSION, but this checkout builds $crate (Cargo.toml): build with --build-arg VERSION=$crate, or check out release $VERSION" >&2; \
+         exit 1; \
+       fi
+
+# Our sources, and the compose files `worker init` embeds. COPY keeps the files' original
+# modification times, which can be older than the stand-ins built above; touching them makes
+# cargo's fingerprint see the change. The release profile strips debug info (Cargo.toml) and
+# keeps the symbol table, so a backtrace still names every function.
 COPY worker worker
 COPY compose/docker-compose.yml compose/otel-collector.yaml compose/
 RUN find worker -type f -exec touch {} + \
     && cargo build --release --locked -p lettuce-worker \
-    && install -D -m 0755 target/release/worker /out/worker
+    && install -D -m 0755 target/release/worker /out/worker \
+    && built=$(/out/worker --version) \
+    && if [ "$built" != "worker $VERSION" ]; then echo "the binary says \"$built\", not worker $VERSION" >&2; exit 1; fi
 
 FROM debian:bookworm-slim AS runtime
 
@@ -64,7 +82,7 @@ STOPSIGNAL SIGTERM
 # The start period covers LETTUCE_DB_CONNECT_TIMEOUT_MS (60 s) while Postgres comes up.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 CMD ["worker", "healthcheck"]
 
-ARG VERSION=dev
+ARG VERSION
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="lettuce-worker" \
       org.opencontainers.image.description="The background worker of self-hosted Lettuce" \
