@@ -995,3 +995,1053 @@ fn init_warns_when_the_license_expires_within_14_days() {
     assert!(warn.contains("days left"), "{warn}");
     assert!(out.join(".env").is_file());
 }
+
+// ---------------------------------------------------------------------------------------------
+// An install story that is true: one version, keys off the command line, docs that stay in
+// the repository, a stripped binary, a systemd unit
+// ---------------------------------------------------------------------------------------------
+
+/// The release this checkout builds (the workspace version, what `worker --version` prints).
+const VERSION: &str = lettuce_worker::VERSION;
+
+/// The `key = value` pairs of one `[section]` of a TOML file (quotes stripped; enough for the
+/// flat manifests here).
+fn toml_section(text: &str, section: &str) -> BTreeMap<String, String> {
+    let header = format!("[{section}]");
+    let mut out = BTreeMap::new();
+    let mut inside = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            inside = line == header;
+            continue;
+        }
+        if !inside || line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some((k, v)) = line.split_once('=') {
+            out.insert(k.trim().to_string(), v.trim().trim_matches('"').to_string());
+        }
+    }
+    out
+}
+
+/// Every file of the repository an operator or a contributor reads as documentation: Markdown
+/// and text files anywhere, and the install files (Dockerfile, compose/, packaging/, helm/).
+/// Paths relative to the repository root.
+fn doc_files() -> Vec<PathBuf> {
+    fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(root.join(rel)).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = rel.join(&name);
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                if !(name.starts_with('.') || name == "target" || name == "node_modules") {
+                    walk(root, &path, out);
+                }
+                continue;
+            }
+            let top = path
+                .components()
+                .next()
+                .unwrap()
+                .as_os_str()
+                .to_string_lossy()
+                .into_owned();
+            let is_doc = name.ends_with(".md")
+                || name.ends_with(".txt")
+                || name == "Dockerfile"
+                || matches!(top.as_str(), "compose" | "packaging" | "helm");
+            if kind.is_file() && is_doc {
+                out.push(path);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&repo_root(), Path::new(""), &mut out);
+    // Hidden files of the install directories (compose/.env.example).
+    for dir in ["compose", "packaging"] {
+        if let Ok(entries) = std::fs::read_dir(repo_root().join(dir)) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') && e.file_type().unwrap().is_file() {
+                    out.push(Path::new(dir).join(name));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The lines of example commands in a documentation file, continuation lines (`\`) joined:
+/// Markdown code blocks (indented or fenced), and in other files the commented command lines
+/// (`#   docker …`).
+fn command_lines(rel: &Path) -> Vec<String> {
+    let markdown = rel.extension().is_some_and(|e| e == "md");
+    lines_of_commands(&read(rel.to_str().unwrap()), markdown)
+}
+
+fn lines_of_commands(text: &str, markdown: bool) -> Vec<String> {
+    let mut raw = Vec::new();
+    let mut fenced = false;
+    for line in text.lines() {
+        if markdown {
+            if line.trim_start().starts_with("```") {
+                fenced = !fenced;
+                continue;
+            }
+            if fenced {
+                raw.push(line.to_string());
+            } else if let Some(code) = line.strip_prefix("    ") {
+                raw.push(code.to_string());
+            } else {
+                raw.push(String::new()); // a block ends
+            }
+        } else if let Some(comment) = line.trim_start().strip_prefix('#')
+            && comment.starts_with("  ")
+        {
+            raw.push(comment.trim().to_string());
+        } else {
+            raw.push(String::new());
+        }
+    }
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in raw {
+        if let Some(body) = line.trim_end().strip_suffix('\\') {
+            current.push_str(body);
+            current.push(' ');
+            continue;
+        }
+        current.push_str(&line);
+        out.push(std::mem::take(&mut current));
+    }
+    out
+}
+
+/// The code blocks of a Markdown file, each as its logical lines (continuations joined).
+fn code_blocks(rel: &str) -> Vec<Vec<String>> {
+    code_blocks_of(&read(rel))
+}
+
+fn code_blocks_of(markdown: &str) -> Vec<Vec<String>> {
+    let mut blocks = vec![Vec::new()];
+    for line in lines_of_commands(markdown, true) {
+        if line.trim().is_empty() {
+            if !blocks.last().unwrap().is_empty() {
+                blocks.push(Vec::new());
+            }
+        } else {
+            blocks.last_mut().unwrap().push(line);
+        }
+    }
+    blocks.retain(|b| !b.is_empty());
+    blocks
+}
+
+/// One `## ` section of a Markdown text, heading included, up to the next `## ` heading.
+fn markdown_section<'a>(text: &'a str, heading: &str) -> &'a str {
+    let start = text
+        .find(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("section {heading:?}"))
+        + 1;
+    let end = text[start + heading.len()..]
+        .find("\n## ")
+        .map_or(text.len(), |i| start + heading.len() + i + 1);
+    &text[start..end]
+}
+
+/// Characters of an image tag or a version.
+fn is_tag_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+/// Every mention of this product's release in a text: the worker image tag, `VERSION=` /
+/// `LETTUCE_VERSION=` values, `--version X`, `appVersion:`. Variables (`${…}`, `$X`) and
+/// placeholders (`…`, `<…>`) are not mentions.
+fn version_mentions(text: &str) -> Vec<String> {
+    let value_at = |rest: &str| -> Option<String> {
+        let rest = rest.trim_start_matches(['"', '\'']);
+        let tag: String = rest.chars().take_while(|c| is_tag_char(*c)).collect();
+        (!tag.is_empty() && !tag.starts_with('-')).then_some(tag)
+    };
+    let mut out = Vec::new();
+    for (i, _) in text.match_indices("uselettuce/worker:") {
+        out.extend(value_at(&text[i + "uselettuce/worker:".len()..]));
+    }
+    for (i, _) in text.match_indices("VERSION=") {
+        let before = &text[..i];
+        let prefix_ok = before.ends_with("LETTUCE_")
+            || !before
+                .chars()
+                .last()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        if prefix_ok {
+            out.extend(value_at(&text[i + "VERSION=".len()..]));
+        }
+    }
+    for (i, _) in text.match_indices("--version ") {
+        out.extend(
+            value_at(&text[i + "--version ".len()..])
+                .filter(|v| v.starts_with(|c: char| c.is_ascii_digit())),
+        );
+    }
+    for line in text.lines() {
+        if let Some(v) = line.trim().strip_prefix("appVersion:") {
+            out.extend(value_at(v.trim()));
+        }
+    }
+    out
+}
+
+#[test]
+fn version_mentions_finds_tags_and_skips_variables() {
+    let text = r#"ghcr.io/uselettuce/worker:1.4.2 init --version 1.4.2
+image: ghcr.io/uselettuce/worker:${LETTUCE_VERSION:?set}
+ARG RUST_VERSION=1.95
+ARG VERSION=0.1.0
+--build-arg VERSION=… LETTUCE_VERSION=2.0 echo VERSION=$VERSION `worker --version`
+appVersion: "0.3.0""#;
+    assert_eq!(
+        version_mentions(text),
+        ["1.4.2", "0.1.0", "2.0", "1.4.2", "0.3.0"]
+    );
+}
+
+#[test]
+fn one_release_version_everywhere() {
+    let workspace = toml_section(&read("Cargo.toml"), "workspace.package");
+    assert_eq!(
+        workspace.get("version").map(String::as_str),
+        Some(VERSION),
+        "the workspace version is the crate's"
+    );
+
+    let mut wrong = Vec::new();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for file in doc_files() {
+        let name = file.display().to_string();
+        for v in version_mentions(&read(&name)) {
+            *seen.entry(name.clone()).or_default() += 1;
+            if v != VERSION {
+                wrong.push(format!("{name}: {v}"));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "every release mention is {VERSION}: {wrong:#?}"
+    );
+    for file in [
+        "README.md",
+        "Dockerfile",
+        "compose/.env.example",
+        "helm/lettuce-worker/Chart.yaml",
+    ] {
+        assert!(seen.contains_key(file), "{file} names the release");
+    }
+    assert_eq!(env_example_value("LETTUCE_VERSION"), VERSION);
+    let chart = parse_yaml(&read("helm/lettuce-worker/Chart.yaml"));
+    assert_eq!(str_of(&chart["appVersion"], "appVersion"), VERSION);
+
+    // The honest caveat, and the build that stands in for the pull until images exist.
+    let readme = read("README.md");
+    let docker = markdown_section(&readme, "## Install with Docker");
+    assert!(docker.contains("No image is published yet"), "the caveat");
+    assert!(
+        docker.contains("unauthorized") && docker.contains("manifest unknown"),
+        "the errors a pull gives today"
+    );
+    let blocks = code_blocks("README.md");
+    let build = format!("docker build -t ghcr.io/uselettuce/worker:{VERSION} .");
+    assert!(
+        blocks.iter().flatten().any(|l| l.trim() == build),
+        "README builds the image first: `{build}`"
+    );
+    let from_repo = blocks
+        .iter()
+        .find(|b| b.iter().any(|l| l.trim() == "cd compose"))
+        .expect("the compose/ block");
+    let joined = from_repo.join("\n");
+    let (b, u) = (
+        joined.find("docker compose build worker"),
+        joined.find("docker compose up -d"),
+    );
+    assert!(
+        matches!((b, u), (Some(b), Some(u)) if b < u),
+        "compose/ builds before it starts:\n{joined}"
+    );
+    assert!(!joined.contains("docker compose pull"), "{joined}");
+    let quick = blocks
+        .iter()
+        .find(|b| b.iter().any(|l| l.contains(" init ")))
+        .expect("the quick-start block");
+    assert!(
+        !quick.iter().any(|l| l.contains("docker compose pull")),
+        "no pull of an image that does not exist: {quick:#?}"
+    );
+    for (file, text) in [
+        (
+            "compose/docker-compose.yml",
+            read("compose/docker-compose.yml"),
+        ),
+        ("compose/.env.example", read("compose/.env.example")),
+    ] {
+        let (b, u) = (
+            text.find("docker compose build worker"),
+            text.find("docker compose up -d"),
+        );
+        assert!(
+            matches!((b, u), (Some(b), Some(u)) if b < u),
+            "{file}: build before up"
+        );
+    }
+}
+
+/// The value of a `NAME=value` line of `compose/.env.example`.
+fn env_example_value(name: &str) -> String {
+    read("compose/.env.example")
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("{name}= in .env.example"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn the_image_version_is_the_crate_version_or_the_build_fails() {
+    let instructions = dockerfile();
+    let first_from = instructions
+        .iter()
+        .position(|(k, _)| k == "FROM")
+        .expect("FROM");
+    let global_default = instructions[..first_from]
+        .iter()
+        .find_map(|(k, a)| (k == "ARG").then(|| a.strip_prefix("VERSION=")).flatten())
+        .expect("a global `ARG VERSION=…`");
+    assert_eq!(global_default, VERSION, "the default VERSION build-arg");
+
+    let stages = stages();
+    let (_, _, builder) = &stages[0];
+    let declares = |steps: &[Instruction]| steps.iter().any(|(k, a)| k == "ARG" && a == "VERSION");
+    assert!(declares(&builder[..]), "the builder stage sees VERSION");
+    let guard_at = builder
+        .iter()
+        .position(|(k, a)| {
+            k == "RUN" && a.contains("Cargo.toml") && a.contains("$VERSION") && !a.contains("cargo")
+        })
+        .expect("a RUN that compares VERSION with Cargo.toml");
+    let dep_build = builder
+        .iter()
+        .position(|(k, a)| k == "RUN" && a.contains("cargo build"))
+        .unwrap();
+    let final_build = builder
+        .iter()
+        .rposition(|(k, a)| k == "RUN" && a.contains("cargo build"))
+        .unwrap();
+    assert!(
+        dep_build < guard_at && guard_at < final_build,
+        "the guard runs after the cached dependency layer and before the real build"
+    );
+    assert!(
+        builder[final_build].1.contains("--version") && builder[final_build].1.contains("$VERSION"),
+        "the built binary's --version is checked too: {}",
+        builder[final_build].1
+    );
+
+    // Run the guard as Docker would (`/bin/sh -c`, the build-arg in the environment), in a
+    // directory holding this repository's Cargo.toml.
+    let scratch = Scratch::new();
+    std::fs::copy(repo_root().join("Cargo.toml"), scratch.0.join("Cargo.toml")).unwrap();
+    let guard = |version: &str| {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&builder[guard_at].1)
+            .current_dir(&scratch.0)
+            .env("VERSION", version)
+            .output()
+            .expect("sh")
+    };
+    let ok = guard(VERSION);
+    assert!(
+        ok.status.success(),
+        "VERSION={VERSION} passes: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let refused = guard("9.9.9");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "VERSION=9.9.9 fails the build");
+    assert!(
+        stderr.contains("9.9.9") && stderr.contains(VERSION),
+        "the refusal names both: {stderr}"
+    );
+
+    let (_, _, runtime) = stages.last().unwrap();
+    assert!(declares(&runtime[..]), "the runtime stage sees VERSION");
+    assert!(
+        runtime
+            .iter()
+            .any(|(k, a)| k == "LABEL"
+                && a.contains("org.opencontainers.image.version=\"${VERSION}\"")),
+        "the OCI version label is the build-arg"
+    );
+
+    // compose/ passes LETTUCE_VERSION as the build-arg, so its tag and its binary agree.
+    let doc = compose();
+    let worker = service(&doc, "worker");
+    assert_eq!(
+        str_of(&worker["build"]["args"]["VERSION"], "build arg"),
+        "${LETTUCE_VERSION:?set LETTUCE_VERSION in .env}"
+    );
+}
+
+#[test]
+fn release_builds_strip_debug_info_and_keep_symbols() {
+    let profile = toml_section(&read("Cargo.toml"), "profile.release");
+    assert_eq!(
+        profile.get("strip").map(String::as_str),
+        Some("debuginfo"),
+        "[profile.release] strip = \"debuginfo\": no debug info in the image; symbols stay so \
+         backtraces name functions ({profile:?})"
+    );
+    assert!(
+        !matches!(
+            profile.get("debug").map(String::as_str),
+            Some("true" | "full" | "2" | "line-tables-only" | "limited" | "1")
+        ),
+        "debug info that strip would throw away is not built: {profile:?}"
+    );
+    let readme = read("README.md");
+    let image = readme
+        .split("**The image**")
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").next())
+        .expect("README \"The image\" paragraph");
+    assert!(
+        image.contains("strip = \"debuginfo\"") && image.contains("backtrace"),
+        "README says what was chosen and what it keeps: {image}"
+    );
+}
+
+/// What `worker init` prints and writes when the key comes from somewhere else than argv.
+fn init_with(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> (i32, String, String) {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new(xtests::worker_bin());
+    cmd.args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for keep in ["PATH", "HOME"] {
+        if let Ok(v) = std::env::var(keep) {
+            cmd.env(keep, v);
+        }
+    }
+    let mut child = cmd.spawn().expect("run worker");
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn init_reads_the_license_key_from_a_file_stdin_or_the_environment() {
+    let vendor = Vendor::new();
+    let scratch = Scratch::new();
+    let key = vendor.pem_file(&scratch.0.join("keys"));
+    let key = key.to_str().unwrap();
+    let token = vendor.mint(365);
+    let key_file = scratch.0.join("license.jwt");
+    std::fs::write(&key_file, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let key_file = key_file.to_str().unwrap();
+    let piped = format!("{token}\n");
+
+    /// (what, the key options, the environment, stdin)
+    type Case<'a> = (
+        &'a str,
+        Vec<&'a str>,
+        Vec<(&'a str, &'a str)>,
+        Option<&'a str>,
+    );
+    let cases: [Case; 4] = [
+        ("file", vec!["--license-key-file", key_file], vec![], None),
+        (
+            "stdin via --license-key-file -",
+            vec!["--license-key-file", "-"],
+            vec![],
+            Some(piped.as_str()),
+        ),
+        (
+            "stdin via --license-key -",
+            vec!["--license-key", "-"],
+            vec![],
+            Some(piped.as_str()),
+        ),
+        (
+            "environment",
+            vec![],
+            vec![("LETTUCE_LICENSE_KEY", token.as_str())],
+            None,
+        ),
+    ];
+    for (i, (what, key_args, env, stdin)) in cases.into_iter().enumerate() {
+        let out = scratch.0.join(format!("out{i}"));
+        let out_arg = out.display().to_string();
+        let mut args = vec![
+            "init",
+            "--domain",
+            "lettuce.example.com",
+            "--public-key",
+            key,
+            "--out",
+            &out_arg,
+        ];
+        args.extend(key_args);
+        assert!(
+            !args.contains(&token.as_str()),
+            "{what}: the key is not in argv"
+        );
+        let (code, stdout, stderr) = init_with(&args, &env, stdin);
+        assert_eq!(code, 0, "{what}: stdout:\n{stdout}\nstderr:\n{stderr}");
+        let written = parse_env_file(&std::fs::read_to_string(out.join(".env")).unwrap());
+        assert_eq!(written["LETTUCE_LICENSE_KEY"], token, "{what}");
+        assert!(
+            !stdout.contains(&token) && !stderr.contains(&token),
+            "{what}: key printed"
+        );
+        // Without --version, the release pinned is this binary's own.
+        assert_eq!(written["LETTUCE_VERSION"], VERSION, "{what}");
+        let stack = parse_yaml(&std::fs::read_to_string(out.join("docker-compose.yml")).unwrap());
+        assert_eq!(
+            str_of(&service(&stack, "worker")["image"], "image"),
+            format!("ghcr.io/uselettuce/worker:{VERSION}")
+        );
+    }
+
+    // No key from anywhere: a usage error that names the ways to give one; nothing written.
+    let out = scratch.0.join("none");
+    let out_arg = out.display().to_string();
+    let base = ["init", "--domain", "lettuce.example.com", "--out", &out_arg];
+    let (code, _, stderr) = init_with(&base, &[], None);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("--license-key-file") && stderr.contains("LETTUCE_LICENSE_KEY"),
+        "{stderr}"
+    );
+    // Two key options at once, or an unreadable file: usage errors too.
+    let both = [
+        &base[..],
+        &["--license-key", "x", "--license-key-file", key_file],
+    ]
+    .concat();
+    let (code, _, stderr) = init_with(&both, &[], None);
+    assert_eq!(code, 2, "{stderr}");
+    let missing = [
+        &base[..],
+        &["--license-key-file", "/nonexistent/license.jwt"],
+    ]
+    .concat();
+    let (code, _, stderr) = init_with(&missing, &[], None);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("/nonexistent/license.jwt"), "{stderr}");
+    // An empty stdin is a missing key (exit 3, as for an empty variable).
+    let empty = [&base[..], &["--license-key-file", "-"]].concat();
+    let (code, _, stderr) = init_with(&empty, &[], Some(""));
+    assert_eq!(code, 3, "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .starts_with("LicenseMissing"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "nothing written");
+}
+
+/// Why a command line puts a license key where `ps` (or shell history) shows it, if it does.
+fn key_on_command_line(line: &str) -> Option<&'static str> {
+    // `NAME=value` alone on a line is file content (an env file), not a command.
+    if let Some(value) = line.trim().strip_prefix("LETTUCE_LICENSE_KEY=")
+        && (!value.contains(char::is_whitespace)
+            || (value.starts_with('<') && value.ends_with('>')))
+    {
+        return None;
+    }
+    let words: Vec<&str> = line.split_whitespace().collect();
+    for (i, w) in words.iter().enumerate() {
+        let next = words.get(i + 1).copied().unwrap_or("");
+        if *w == "--license-key" && next != "-" && !next.is_empty() {
+            return Some("--license-key with a value");
+        }
+        if w.strip_prefix("--license-key=").is_some_and(|v| v != "-") {
+            return Some("--license-key= with a value");
+        }
+        if let Some((_, value)) = w.split_once("LETTUCE_LICENSE_KEY=") {
+            let from_file = w.starts_with("--from-file=");
+            if !value.is_empty() && !from_file {
+                return Some("LETTUCE_LICENSE_KEY=<value> on a command line");
+            }
+        }
+        if *w == "inspect" && !next.is_empty() && next != "-" && !next.starts_with("--") {
+            return Some("license inspect with a token argument");
+        }
+    }
+    if line.contains("$(cat") && line.contains("LICENSE") {
+        return Some("the key expanded into arguments");
+    }
+    None
+}
+
+#[test]
+fn key_on_command_line_catches_the_forms_that_show_in_ps() {
+    for bad in [
+        r#"docker run -e LETTUCE_LICENSE_KEY="<your key>" img init"#,
+        "worker init --license-key eyJ.a.b --domain d",
+        "worker init --license-key=eyJ.a.b",
+        r#"kubectl create secret generic l --from-literal=LETTUCE_LICENSE_KEY="$(cat license.jwt)""#,
+        "worker license inspect eyJ.a.b",
+        "export LETTUCE_LICENSE_KEY=eyJ.a.b",
+        "LETTUCE_LICENSE_KEY=eyJ.a.b worker init --domain d",
+    ] {
+        assert!(key_on_command_line(bad).is_some(), "{bad}");
+    }
+    for good in [
+        "LETTUCE_LICENSE_KEY=<your key>",
+        "docker run -i img init --license-key-file - < license.jwt",
+        "docker run -e LETTUCE_LICENSE_KEY img init",
+        "worker init --license-key - < license.jwt",
+        "kubectl create secret generic l --from-file=LETTUCE_LICENSE_KEY=license.jwt",
+        "worker license inspect - < license.jwt",
+    ] {
+        assert_eq!(key_on_command_line(good), None, "{good}");
+    }
+}
+
+#[test]
+fn doc_examples_never_put_a_license_key_on_a_command_line() {
+    let mut found = Vec::new();
+    for file in doc_files() {
+        for line in command_lines(&file) {
+            if let Some(why) = key_on_command_line(&line) {
+                found.push(format!("{}: {why}: {}", file.display(), line.trim()));
+            }
+        }
+    }
+    assert!(found.is_empty(), "{found:#?}");
+    // The quick start hands the key over on stdin (or from the environment).
+    let quick = code_blocks("README.md")
+        .into_iter()
+        .find(|b| b.iter().any(|l| l.contains(" init ")))
+        .expect("the quick-start block");
+    let init = quick.iter().find(|l| l.contains(" init ")).unwrap();
+    assert!(
+        init.contains("--license-key-file -") || init.contains("-e LETTUCE_LICENSE_KEY "),
+        "{init}"
+    );
+}
+
+#[test]
+fn readme_makes_a_bind_mounted_directory_before_docker_run_does() {
+    let mut checked = 0;
+    for block in code_blocks("README.md") {
+        for (i, line) in block.iter().enumerate() {
+            if !line.contains("docker run") {
+                continue;
+            }
+            let words: Vec<&str> = line.split_whitespace().collect();
+            for pair in words.windows(2) {
+                if pair[0] != "-v" {
+                    continue;
+                }
+                let mount = pair[1].trim_matches('"');
+                let Some(source) = mount
+                    .strip_prefix("$PWD/")
+                    .and_then(|m| m.split(':').next())
+                else {
+                    continue;
+                };
+                if source.contains('.') {
+                    continue; // a file (public.pem): Docker creates only missing directories
+                }
+                checked += 1;
+                let made = block[..i]
+                    .iter()
+                    .any(|l| l.split('#').next().unwrap().trim() == format!("mkdir -p {source}"));
+                assert!(
+                    made,
+                    "`mkdir -p {source}` before `{}` (else Docker creates it owned by root)",
+                    line.trim()
+                );
+            }
+        }
+    }
+    assert!(
+        checked > 0,
+        "the quick start's output directory was checked"
+    );
+}
+
+#[test]
+fn install_without_docker_takes_the_production_public_key() {
+    let readme = read("README.md");
+    let section = markdown_section(&readme, "## Install without Docker");
+    let code: Vec<String> = code_blocks_of(section).into_iter().flatten().collect();
+    assert!(
+        !code
+            .iter()
+            .any(|l| l.contains("worker/assets/public.pem") && l.contains("/var/lib/lettuce")),
+        "the development key is never installed as the vendor key: {code:#?}"
+    );
+    assert!(
+        code.iter().any(|l| l.contains("docker create")),
+        "{code:#?}"
+    );
+    assert!(
+        code.iter()
+            .any(|l| l.contains("docker cp") && l.contains(":/var/lib/lettuce/public.pem")),
+        "the key is copied out of the release image: {code:#?}"
+    );
+    assert!(section.contains("sales"), "or asked from sales: {section}");
+    assert!(
+        section.contains("development key"),
+        "says why the repository's key will not do"
+    );
+}
+
+#[test]
+fn docs_point_nowhere_outside_the_repository() {
+    let root = repo_root();
+    let files = doc_files();
+    let in_repo = |name: &str| {
+        files
+            .iter()
+            .chain(std::iter::once(&PathBuf::from(name)))
+            .any(|f| f.file_name().is_some_and(|n| n == name) && root.join(f).is_file())
+    };
+    let mut found = Vec::new();
+    for file in &files {
+        let text = read(file.to_str().unwrap());
+        for needle in ["../shared", "/work/shared", "SPEC §", "seed §", "seed/"] {
+            if text.contains(needle) {
+                found.push(format!("{}: `{needle}`", file.display()));
+            }
+        }
+        for name in ["SPEC.md", "NOTES.md", "STYLE.md"] {
+            if text.contains(name) && !in_repo(name) {
+                found.push(format!(
+                    "{}: {name}, which is not in the repository",
+                    file.display()
+                ));
+            }
+        }
+        // The contract, by the name of a document that is not here.
+        let words = text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+        if words.clone().any(|w| w == "SPEC") && !in_repo("SPEC.md") {
+            found.push(format!("{}: \"SPEC\"", file.display()));
+        }
+        // Relative Markdown links resolve to a file or directory inside the repository.
+        if file.extension().is_some_and(|e| e == "md") {
+            let dir = root.join(file.parent().unwrap());
+            for (i, _) in text.match_indices("](") {
+                let target = text[i + 2..].split(')').next().unwrap();
+                let target = target.split('#').next().unwrap();
+                if target.is_empty() || target.contains("://") || target.starts_with("mailto:") {
+                    continue;
+                }
+                let resolved = dir.join(target);
+                let inside = resolved
+                    .canonicalize()
+                    .is_ok_and(|p| p.starts_with(root.canonicalize().unwrap()));
+                if !inside {
+                    found.push(format!("{}: link to {target}", file.display()));
+                }
+            }
+            for (i, _) in text.match_indices("`../") {
+                let target = text[i + 1..].split('`').next().unwrap();
+                let resolved = dir.join(target);
+                let inside = resolved
+                    .canonicalize()
+                    .is_ok_and(|p| p.starts_with(root.canonicalize().unwrap()));
+                if !inside {
+                    found.push(format!("{}: `{target}`", file.display()));
+                }
+            }
+        }
+    }
+    assert!(found.is_empty(), "{found:#?}");
+}
+
+/// The environment variables the worker reads: `config::VARIABLES`, plus every variable-shaped
+/// literal inside a `get(…)`, `var(…)`, `var_os(…)` or `pick(…)` call of the worker's sources
+/// (test modules excluded).
+fn variables_the_worker_reads() -> std::collections::BTreeSet<String> {
+    let is_var = |s: &str| {
+        s.contains('_')
+            && s.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+            && s.chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+    };
+    let mut out: std::collections::BTreeSet<String> = lettuce_worker::config::VARIABLES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut stack = vec![repo_root().join("worker/src")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let text = text.split("#[cfg(test)]").next().unwrap();
+            for call in ["get(", "var(", "var_os(", "pick("] {
+                for (i, _) in text.match_indices(call) {
+                    let preceded = text[..i]
+                        .chars()
+                        .last()
+                        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+                    if preceded {
+                        continue; // `forget(`, `my_get(`
+                    }
+                    let args = &text[i + call.len()..];
+                    let mut depth = 1;
+                    let end = args
+                        .char_indices()
+                        .find(|(_, c)| {
+                            match c {
+                                '(' => depth += 1,
+                                ')' => depth -= 1,
+                                _ => {}
+                            }
+                            depth == 0
+                        })
+                        .map_or(args.len(), |(j, _)| j);
+                    for (n, literal) in args[..end].split('"').enumerate() {
+                        if n % 2 == 1 && is_var(literal) {
+                            out.insert(literal.to_string());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Names written in the first cell of a Markdown table row of `text`.
+fn table_variables(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let Some(row) = line.trim().strip_prefix('|') else {
+            continue;
+        };
+        let first = row.split(" | ").next().unwrap_or_default();
+        for word in first.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if !word.is_empty() {
+                out.insert(word.to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_docs_variable_tables_name_every_variable_the_worker_reads() {
+    let reads = variables_the_worker_reads();
+    for expected in [
+        "LETTUCE_QUEUES",
+        "OTEL_TRACES_SAMPLER_ARG",
+        "AWS_REGION",
+        "NO_COLOR",
+    ] {
+        assert!(reads.contains(expected), "the scan finds {expected}");
+    }
+    let readme = read("README.md");
+    let documented = table_variables(&readme);
+    let missing: Vec<&String> = reads.iter().filter(|v| !documented.contains(*v)).collect();
+    assert!(
+        missing.is_empty(),
+        "variables the worker reads that no README table names: {missing:?}"
+    );
+    // The Configuration table itself names every variable of the configuration.
+    let configuration = table_variables(markdown_section(&readme, "## Configuration"));
+    let missing: Vec<&&str> = lettuce_worker::config::VARIABLES
+        .iter()
+        .filter(|v| !v.starts_with("OTEL_") && !configuration.contains(**v))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not in the Configuration table: {missing:?}"
+    );
+}
+
+#[test]
+fn env_example_names_only_what_the_worker_or_compose_reads() {
+    let reads = variables_the_worker_reads();
+    let compose_text = read("compose/docker-compose.yml");
+    let mut compose_reads = std::collections::BTreeSet::new();
+    for (i, _) in compose_text.match_indices("${") {
+        let name: String = compose_text[i + 2..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        compose_reads.insert(name);
+    }
+    let stray: Vec<String> = env_example()
+        .into_keys()
+        .filter(|n| !reads.contains(n) && !compose_reads.contains(n))
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "named in .env.example, read by neither the worker nor docker-compose.yml: {stray:?}"
+    );
+    assert_eq!(env_example_value("LETTUCE_VERSION"), VERSION);
+}
+
+/// A systemd unit file: section → key → every value given (in order).
+fn parse_unit(text: &str) -> BTreeMap<String, BTreeMap<String, Vec<String>>> {
+    let mut out: BTreeMap<String, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    let mut section = String::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_string();
+            continue;
+        }
+        let (k, v) = line.split_once('=').expect("Key=value");
+        out.entry(section.clone())
+            .or_default()
+            .entry(k.trim().to_string())
+            .or_default()
+            .push(v.trim().to_string());
+    }
+    out
+}
+
+#[test]
+fn the_systemd_unit_is_hardened_restarts_only_what_a_restart_fixes_and_verifies() {
+    let rel = "packaging/lettuce-worker.service";
+    let text = read(rel);
+    let unit = parse_unit(&text);
+    let one = |section: &str, key: &str| -> String {
+        unit.get(section)
+            .and_then(|s| s.get(key))
+            .and_then(|v| v.last())
+            .unwrap_or_else(|| panic!("[{section}] {key}="))
+            .clone()
+    };
+    let words = |section: &str, key: &str| -> Vec<String> {
+        one(section, key)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    assert!(words("Unit", "Wants").contains(&"network-online.target".to_string()));
+    assert!(words("Unit", "After").contains(&"network-online.target".to_string()));
+    assert_eq!(one("Service", "Restart"), "on-failure");
+    let mut no_restart: Vec<u32> = words("Service", "RestartPreventExitStatus")
+        .iter()
+        .map(|c| c.parse().expect("an exit code"))
+        .collect();
+    no_restart.sort();
+    assert_eq!(
+        no_restart,
+        [2, 3, 4, 6],
+        "configuration, license, GitHub App and schema errors stay down; 1 and 5 retry"
+    );
+    for (key, value) in [
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+    ] {
+        assert_eq!(one("Service", key), value, "{key}");
+    }
+    let user = one("Service", "User");
+    assert!(
+        user != "root" && user != "0" && !user.is_empty(),
+        "a dedicated user"
+    );
+    assert!(
+        one("Service", "EnvironmentFile")
+            .trim_start_matches('-')
+            .starts_with('/')
+    );
+    assert!(one("Service", "ExecStart").ends_with("worker run"));
+    // The directories the worker writes by default are the writable ones.
+    let config = lettuce_worker::config::Config::load(&HashMap::new()).expect("defaults load");
+    let writable = words("Service", "ReadWritePaths");
+    for dir in [
+        config.data_dir.clone(),
+        config.license_cache_path.parent().unwrap().to_path_buf(),
+    ] {
+        assert!(
+            writable
+                .iter()
+                .any(|w| Path::new(w.trim_start_matches('-')) == dir),
+            "ReadWritePaths has {} ({writable:?})",
+            dir.display()
+        );
+    }
+    // Stops within the drain: longer than the default shutdown grace.
+    let stop: u64 = one("Service", "TimeoutStopSec")
+        .trim_end_matches('s')
+        .parse()
+        .unwrap();
+    assert!(Duration::from_secs(stop) > config.shutdown_grace);
+
+    // systemd's own check (scripts/setup.d/50-systemd.sh installs it). The unit names the
+    // installed binary, which this machine lacks; the copy verified names the built one.
+    let scratch = Scratch::new();
+    let copy = scratch.0.join("lettuce-worker.service");
+    let bin = xtests::worker_bin();
+    std::fs::write(
+        &copy,
+        text.replace("/usr/local/bin/worker", bin.to_str().unwrap()),
+    )
+    .unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&copy)
+        .output()
+        .expect("systemd-analyze on PATH (scripts/setup.d/50-systemd.sh installs it)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify: {stderr}"
+    );
+
+    // The README installs this file instead of carrying a copy of its own.
+    let readme = read("README.md");
+    let section = markdown_section(&readme, "## Install without Docker");
+    assert!(section.contains(rel), "README refers to {rel}");
+    assert!(
+        !section.contains("[Service]") && !readme.contains("ExecStart="),
+        "no second copy of the unit in the README"
+    );
+}
