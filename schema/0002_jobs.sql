@@ -3,7 +3,7 @@
 -- finished ones (completed, discarded, cancelled) until the pruner removes them. Completion
 -- moves a row from one to the other, so the hot table stays small whatever the retention, and
 -- the claim — which changes no indexed column of `job_queue` — is a HOT update.
--- `lettuce.jobs`, below, is the view over both: the SPEC's read contract.
+-- `lettuce.jobs`, below, is the view over both: the documented read contract (README "SQL interface").
 
 -- Databases created before the split had `lettuce.jobs` as the one table: it becomes the queue
 -- table (its finished rows move to the history below).

@@ -1,4 +1,4 @@
-//! Secret stores (SPEC §3 `LETTUCE_SECRET_STORE`): where secret variables come from when the
+//! Secret stores (`LETTUCE_SECRET_STORE`, README "Secret stores"): where secret variables come from when the
 //! environment leaves them unset.
 //!
 //! - `env` (the default): the environment and the config file are all there is.

@@ -1,4 +1,4 @@
-//! The daily telemetry heartbeat (SPEC §8) against a real HTTP receiver on loopback and real
+//! The daily telemetry heartbeat (README "Telemetry") against a real HTTP receiver on loopback and real
 //! Postgres: once per instance per day across replicas, the exact twelve-field body with values
 //! read back from the database, receipts, retries after 500 / hang / refused connection,
 //! redirects, the 7-day warning, and dev mode sending nothing.

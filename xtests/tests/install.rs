@@ -2045,3 +2045,60 @@ fn the_systemd_unit_is_hardened_restarts_only_what_a_restart_fixes_and_verifies(
         "no second copy of the unit in the README"
     );
 }
+
+/// The same rule for the code: no comment or text in the sources names a document that is not
+/// in the repository (this file excepted: it holds the needles).
+#[test]
+fn sources_point_nowhere_outside_the_repository() {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path
+                .extension()
+                .is_some_and(|e| e == "rs" || e == "sql" || e == "sh")
+                || path.parent().is_some_and(|p| p.ends_with("scripts"))
+            {
+                out.push(path);
+            }
+        }
+    }
+    let root = repo_root();
+    let mut files = Vec::new();
+    for top in ["worker", "schema", "xtests", "scripts", ".ci"] {
+        walk(&root.join(top), &mut files);
+    }
+    assert!(files.len() > 50, "{} files", files.len());
+    let mut found = Vec::new();
+    for file in files
+        .iter()
+        .filter(|f| !f.ends_with("xtests/tests/install.rs"))
+    {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for needle in [
+            "../shared",
+            "/work/shared",
+            "SPEC §",
+            "seed §",
+            "NOTES.md",
+            "STYLE.md",
+        ] {
+            if text.contains(needle) {
+                found.push(format!("{}: `{needle}`", file.display()));
+            }
+        }
+        if text
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .any(|w| w == "SPEC")
+        {
+            found.push(format!("{}: \"SPEC\"", file.display()));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "pointing outside the repository: {found:#?}"
+    );
+}

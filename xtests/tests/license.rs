@@ -1,5 +1,5 @@
 //! The license gate through the real binary: `worker run` with `LETTUCE_SELF_HOSTED=1` refuses
-//! every bad license with exit 3 and the SPEC's error line before it touches Postgres, boots with
+//! every bad license with exit 3 and the documented error line (README "License") before it touches Postgres, boots with
 //! a good one (even when the cache cannot be written), and never prints the token. Plus the
 //! vendor tooling end to end: `license keygen` → `mint` → `inspect` → `run`.
 

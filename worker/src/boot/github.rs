@@ -1,4 +1,4 @@
-//! Gate 3: the GitHub App variables (SPEC §4.3).
+//! Gate 3: the GitHub App variables (README "Boot gates").
 //!
 //! A pure function over the five variables decides one of three things: none is set (the
 //! instance runs without GitHub; GitHub-dependent jobs fail with [`NOT_CONFIGURED`]), some are

@@ -1,4 +1,4 @@
-//! Gate 2: the signed license (SPEC §4.2). Owns reading the Ed25519 public key, the boot
+//! Gate 2: the signed license (README "License"). Owns reading the Ed25519 public key, the boot
 //! decision and the last-good cache file; the token rules themselves live in [`token`], a pure
 //! function of `(token, public key, now)` that the fuzz target compiles on its own.
 //!

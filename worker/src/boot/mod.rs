@@ -1,4 +1,4 @@
-//! Boot: the gates, in the SPEC's order, before any job runs.
+//! Boot: the gates, in the documented order (README "Boot gates"), before any job runs.
 //!
 //! 1. config (parsed by the caller; exit 2)
 //! 2. license (exit 3), 3. GitHub App (exit 4), 4. telemetry resolution — [`gates`]
@@ -45,7 +45,7 @@ pub enum BootError {
 }
 
 impl BootError {
-    /// The process exit code the SPEC assigns to this failure.
+    /// The process exit code README "Exit codes" assigns to this failure.
     pub fn exit_code(&self) -> u8 {
         match self {
             BootError::Config(_) => 2,
@@ -98,7 +98,7 @@ pub struct Gates {
     pub entitlements: entitlements::Entitlements,
 }
 
-/// Gates 2–4 for `worker run`, in the SPEC's order: license (exit 3), GitHub App (exit 4),
+/// Gates 2–4 for `worker run`, in the documented order (README "Boot gates"): license (exit 3), GitHub App (exit 4),
 /// telemetry resolution. Each gate logs its own outcome; nothing here touches the network.
 pub fn gates(config: &Config, now: time::OffsetDateTime) -> Result<Gates, BootError> {
     let license = license::gate(config, now)?;

@@ -1,4 +1,4 @@
-//! Gate 4: telemetry resolution (SPEC §4.4). Decides, once at boot, whether this instance
+//! Gate 4: telemetry resolution (README "Telemetry"). Decides, once at boot, whether this instance
 //! sends the daily heartbeat. It sends nothing itself: the heartbeat task reads the decision.
 //!
 //! The rule, in precedence order:

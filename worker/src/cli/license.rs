@@ -15,7 +15,7 @@ use crate::boot::license::{self, Claims, LicenseError, MAX_TIMESTAMP};
 use crate::config::Env;
 
 /// Where `inspect` looks for the public key and the cache when neither flag nor env names one
-/// (the SPEC's defaults).
+/// (the documented defaults).
 const DEFAULT_PUBLIC_KEY: &str = "/var/lib/lettuce/public.pem";
 const DEFAULT_CACHE_PATH: &str = "/var/cache/lettuce/license.json";
 

@@ -40,7 +40,7 @@ pub struct NewJob {
 }
 
 impl NewJob {
-    /// A job of `kind` with `payload` and the SPEC's defaults for everything else.
+    /// A job of `kind` with `payload` and the documented defaults for everything else.
     pub fn new(kind: impl Into<String>, payload: Value) -> Self {
         NewJob {
             kind: kind.into(),

@@ -3,7 +3,7 @@
 //! - `mod.rs`: the shared pool and the boot-time connect-with-retry (creating the database when
 //!   it is missing, so a fresh machine needs no manual `createdb`).
 //! - `schema.rs`: the embedded statement list, applied under an advisory lock.
-//! - `jobs.rs`: one function per job statement, each fenced where the SPEC asks.
+//! - `jobs.rs`: one function per job statement, each fenced where the contract asks (ARCHITECTURE.md "Invariants").
 //! - `listener.rs`: the dedicated LISTEN connection and its reconnect loop.
 //! - `workers.rs`: presence rows in `lettuce.workers`.
 //! - `telemetry.rs`: the daily heartbeat's per-day claim, receipt and reported figures.

@@ -1,4 +1,4 @@
-//! The daily license reminder (SPEC §4.2): while fewer than 14 days are left, a WARN every day;
+//! The daily license reminder (README "License"): while fewer than 14 days are left, a WARN every day;
 //! once the license has expired under a running worker, an ERROR every day. It never stops the
 //! worker — the next boot refuses an expired license. The boot-time WARN comes from the gate.
 

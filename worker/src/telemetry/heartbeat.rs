@@ -1,4 +1,4 @@
-//! The daily telemetry heartbeat (SPEC §8): once per UTC day per instance, one POST with exactly
+//! The daily telemetry heartbeat (README "Telemetry"): once per UTC day per instance, one POST with exactly
 //! the twelve documented fields to `LETTUCE_TELEMETRY_URL`.
 //!
 //! Every replica runs the task; the row for the day in `lettuce.telemetry_heartbeats` decides
@@ -94,7 +94,7 @@ pub struct HeartbeatConfig {
 }
 
 impl HeartbeatConfig {
-    /// Production timings: activation every minute, first one within 2 s of ready (SPEC: the
+    /// Production timings: activation every minute, first one within 2 s of ready (the contract: the
     /// day's first within 10 s), backoff 30 s doubling to 1 h, 5 s per request.
     pub fn new(
         url: impl Into<String>,

@@ -26,7 +26,7 @@
 //! With `LETTUCE_LOG_FORMAT=json` and an exporter, a log line written inside a sampled span
 //! carries its `trace_id` and `span_id` ([`JsonWithTraceIds`]).
 //!
-//! [`heartbeat`] is the daily telemetry ping (SPEC §8).
+//! [`heartbeat`] is the daily telemetry ping (README "Telemetry").
 
 pub mod heartbeat;
 pub mod otlp;

@@ -1,6 +1,6 @@
 //! The license token parser and verifier: a pure function of `(token, public key, now)`.
 //!
-//! This file owns the rules of SPEC §4.2 for the token itself and nothing else: no files, no
+//! This file owns the rules of README "License" for the token itself and nothing else: no files, no
 //! environment, no logging. It names only external crates (never `crate::`), so the fuzz target
 //! in `fuzz/` compiles this exact source without the rest of the worker.
 //!
@@ -45,7 +45,7 @@ const ACCEPTED_ALGS: &[&str] = &["EdDSA", "Ed25519"];
 /// `typ` values we accept when a `typ` header is present.
 const ACCEPTED_TYPS: &[&str] = &["JWT", "lettuce-license+jwt"];
 
-/// Why a license was refused. `Display` starts with the SPEC's name; it never includes the token.
+/// Why a license was refused. `Display` starts with the documented name; it never includes the token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LicenseError {
     /// `LETTUCE_SELF_HOSTED` is on and no token was given.
