@@ -7,6 +7,7 @@ mod healthcheck;
 mod init;
 mod jobs;
 mod license;
+mod repos;
 mod schema;
 
 use std::process::ExitCode;
@@ -39,6 +40,11 @@ pub enum Command {
     Jobs {
         #[command(subcommand)]
         command: jobs::Command,
+    },
+    /// The repositories this instance keeps indexed: list them, or enqueue an index
+    Repos {
+        #[command(subcommand)]
+        command: repos::Command,
     },
     /// Print or apply the embedded schema statement list
     Schema {
@@ -130,6 +136,7 @@ pub async fn dispatch(cli: Cli, env: Env) -> ExitCode {
         Command::Run | Command::Enqueue(_) => unreachable!("handled above"),
         Command::CheckConfig(args) => check_config::run(args, config, &env).await,
         Command::Jobs { command } => jobs::run(command, config).await,
+        Command::Repos { command } => repos::run(command, config).await,
         Command::Schema { command } => schema::run(command, config).await,
         Command::Healthcheck | Command::License { .. } | Command::Init(_) => {
             unreachable!("handled above")

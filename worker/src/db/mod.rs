@@ -14,6 +14,7 @@ pub mod entitlements;
 pub mod jobs;
 pub mod listener;
 pub mod probe;
+pub mod repositories;
 pub mod schema;
 pub mod telemetry;
 pub mod tls;

@@ -1,0 +1,177 @@
+//! `lettuce.repositories` and `worker repos list|index` (issue 15): the table's rules, the
+//! listing an operator reads, and the `repo.index` jobs the CLI enqueues. Real binary, real
+//! Postgres.
+
+use xtests::{TestDb, run_worker};
+
+async fn applied() -> (TestDb, std::collections::HashMap<String, String>) {
+    let db = TestDb::new().await;
+    let env = db.env();
+    let (code, out, err) = run_worker(&["schema", "apply"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    (db, env)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repos_list_shows_each_repository_and_the_table_refuses_bad_rows() {
+    let (db, env) = applied().await;
+    let (code, out, err) = run_worker(&["repos", "list"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 1, "a header only: {out}");
+
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "INSERT INTO lettuce.repositories (provider, host, full_name, installation_id, webhook_status, webhook_error)
+             VALUES ('github', 'github.com', 'acme/widgets', 42, 'manual', 'the App lacks Webhooks: Read & write'),
+                    ('gitlab', 'gitlab.acme.test', 'grp/sub/proj', NULL, 'active', NULL)",
+        )
+        .await
+        .unwrap();
+    for bad in [
+        "('github', 'github.com', 'acme/../etc', 1, 'pending')",
+        "('github', 'github.com', 'widgets', 1, 'pending')",
+        "('github', 'github.com/evil', 'a/b', 1, 'pending')",
+        "('bitbucket', 'bitbucket.org', 'a/b', 1, 'pending')",
+        "('github', 'github.com', 'a/b', 1, 'unknown')",
+        "('github', 'github.com', 'a/b', 0, 'pending')",
+    ] {
+        let e = client
+            .batch_execute(&format!(
+                "INSERT INTO lettuce.repositories (provider, host, full_name, installation_id, webhook_status) VALUES {bad}"
+            ))
+            .await
+            .expect_err(bad);
+        let text = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
+        assert!(text.contains("check constraint"), "{bad}: {e:?}");
+    }
+    let dup = client
+        .batch_execute(
+            "INSERT INTO lettuce.repositories (provider, host, full_name) VALUES ('github', 'github.com', 'acme/widgets')",
+        )
+        .await
+        .expect_err("one row per provider, host and name");
+    let text = dup.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
+    assert!(text.contains("duplicate key"), "{dup:?}");
+
+    let (code, out, err) = run_worker(&["repos", "list"], &env);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[1].starts_with("github")
+            && lines[1].contains("acme/widgets")
+            && lines[1].contains("manual")
+            && lines[1].ends_with("never"),
+        "{out}"
+    );
+    assert!(
+        lines[2].contains("webhook: the App lacks Webhooks: Read & write"),
+        "{out}"
+    );
+    assert!(
+        lines[3].starts_with("gitlab")
+            && lines[3].contains("grp/sub/proj")
+            && lines[3].contains("active"),
+        "{out}"
+    );
+
+    let (code, out, err) = run_worker(&["repos", "list", "--json"], &env);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["full_name"], "acme/widgets");
+    assert_eq!(rows[0]["installation_id"], 42);
+    assert_eq!(rows[0]["webhook_status"], "manual");
+    assert_eq!(rows[0]["last_indexed_at"], serde_json::Value::Null);
+    assert_eq!(rows[1]["provider"], "gitlab");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repos_index_enqueues_one_waiting_index_per_repository_and_ref() {
+    let (db, env) = applied().await;
+    let client = db.client().await;
+    let (code, out, err) = run_worker(
+        &["repos", "index", "acme/widgets", "--installation", "42"],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let id: i64 = out.trim().parse().unwrap();
+    let (again, _, _) = {
+        let (c, o, e) = run_worker(
+            &["repos", "index", "acme/widgets", "--installation", "42"],
+            &env,
+        );
+        (o.trim().parse::<i64>().ok(), c, e)
+    };
+    assert_eq!(
+        again,
+        Some(id),
+        "a second request while one waits is the same job"
+    );
+    let (code, out, err) = run_worker(
+        &[
+            "repos",
+            "index",
+            "acme/widgets",
+            "--installation",
+            "42",
+            "--ref",
+            "refs/heads/dev",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let dev: i64 = out.trim().parse().unwrap();
+    assert_ne!(dev, id, "another ref is another job");
+    let row = client
+        .query_one(
+            "SELECT kind, payload, state FROM lettuce.jobs WHERE id = $1",
+            &[&dev],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "repo.index");
+    assert_eq!(
+        row.get::<_, serde_json::Value>(1),
+        serde_json::json!({"provider": "github", "repo": "acme/widgets", "installation_id": 42, "ref": "refs/heads/dev"})
+    );
+    assert_eq!(row.get::<_, String>(2), "available");
+
+    // Refused before anything connects: a database that does not answer is never asked.
+    let mut nowhere = env.clone();
+    nowhere.insert(
+        "DATABASE_URL".into(),
+        "postgres://postgres@127.0.0.1:1/none".into(),
+    );
+    for (args, want) in [
+        (
+            vec!["repos", "index", "acme/widgets"],
+            "--installation: required",
+        ),
+        (
+            vec!["repos", "index", "acme/../x", "--installation", "1"],
+            "OWNER/NAME",
+        ),
+        (
+            vec![
+                "repos",
+                "index",
+                "a/b",
+                "--provider",
+                "svn",
+                "--installation",
+                "1",
+            ],
+            "--provider",
+        ),
+    ] {
+        let (code, _, err) = run_worker(&args, &nowhere);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    let n: i64 = xtests::scalar(&client, "SELECT count(*) FROM lettuce.jobs").await;
+    assert_eq!(n, 2);
+}
