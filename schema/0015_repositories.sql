@@ -8,7 +8,7 @@ CREATE TABLE IF NOT EXISTS lettuce.repositories (
     host                 text        NOT NULL CHECK (host ~ '^[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?$'),
     full_name            text        NOT NULL
                          CHECK (full_name ~ '^[A-Za-z0-9_.-]{1,100}(/[A-Za-z0-9_.-]{1,100}){1,20}$'
-                                AND full_name !~ '(^|/)\.\.?(/|$)'),
+                                AND full_name !~ '(^|/)\.\.?(/|$)' AND octet_length(full_name) <= 255),
     installation_id      bigint      CHECK (installation_id > 0),
     account_id           bigint      CHECK (account_id > 0),
     default_branch       text        CHECK (octet_length(default_branch) <= 255),

@@ -42,7 +42,10 @@ async fn repos_list_shows_each_repository_and_the_table_refuses_bad_rows() {
             ))
             .await
             .expect_err(bad);
-        let text = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
+        let text = e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_default();
         assert!(text.contains("check constraint"), "{bad}: {e:?}");
     }
     let dup = client
@@ -51,7 +54,10 @@ async fn repos_list_shows_each_repository_and_the_table_refuses_bad_rows() {
         )
         .await
         .expect_err("one row per provider, host and name");
-    let text = dup.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
+    let text = dup
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
     assert!(text.contains("duplicate key"), "{dup:?}");
 
     let (code, out, err) = run_worker(&["repos", "list"], &env);
@@ -174,4 +180,140 @@ async fn repos_index_enqueues_one_waiting_index_per_repository_and_ref() {
     }
     let n: i64 = xtests::scalar(&client, "SELECT count(*) FROM lettuce.jobs").await;
     assert_eq!(n, 2);
+}
+
+/// What `lettuce.enqueue_coalesced` promises (issue 15, "a burst of pushes coalesces"): twenty
+/// concurrent calls leave one waiting job; while it runs, the next call makes exactly one more,
+/// which later calls return; once it runs too, a third appears (a push during a run is never
+/// swallowed), and the waiting one is always the one returned.
+#[tokio::test(flavor = "multi_thread")]
+async fn coalesced_enqueue_keeps_one_waiting_job_and_never_swallows_a_call_during_a_run() {
+    let (db, _env) = applied().await;
+    let enqueue = |url: String| async move {
+        let client = xtests::connect(&url).await;
+        let id: i64 = client
+            .query_one(
+                "SELECT lettuce.enqueue_coalesced('repo.index', 'github:acme/widgets:', '{\"repo\": \"acme/widgets\"}')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        id
+    };
+    let burst: Vec<i64> = futures_join(
+        (0..20)
+            .map(|_| tokio::spawn(enqueue(db.url.clone())))
+            .collect(),
+    )
+    .await;
+    let first = burst[0];
+    assert!(burst.iter().all(|&id| id == first), "{burst:?}");
+    let client = db.client().await;
+    let run = |id: i64| {
+        format!(
+            "UPDATE lettuce.job_queue SET state = 'running', attempt = 1, locked_by = 'w', attempted_at = now(), lease_expires_at = now() + interval '1 minute' WHERE id = {id}"
+        )
+    };
+    client.batch_execute(&run(first)).await.unwrap();
+    let second = enqueue(db.url.clone()).await;
+    assert_ne!(second, first, "a call while one runs leads to one more run");
+    assert_eq!(enqueue(db.url.clone()).await, second, "…and only one");
+    client.batch_execute(&run(second)).await.unwrap();
+    let third = enqueue(db.url.clone()).await;
+    assert!(third != first && third != second);
+    let keys: Vec<String> = client
+        .query(
+            "SELECT unique_key FROM lettuce.job_queue WHERE kind = 'repo.index' ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "github:acme/widgets:#0",
+            "github:acme/widgets:#1",
+            "github:acme/widgets:#2"
+        ]
+    );
+    // Another repository, another key: not coalesced with these.
+    let other: i64 = xtests::scalar(
+        &client,
+        "SELECT lettuce.enqueue_coalesced('repo.index', 'github:acme/gadgets:')",
+    )
+    .await;
+    assert!(![first, second, third].contains(&other));
+    let e = client
+        .query_one("SELECT lettuce.enqueue_coalesced('repo.index', '')", &[])
+        .await
+        .unwrap_err();
+    assert!(format!("{e:?}").contains("coalesce_key must be"), "{e:?}");
+}
+
+async fn futures_join(handles: Vec<tokio::task::JoinHandle<i64>>) -> Vec<i64> {
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+/// The scheduled fallback's statement (issue 15): repositories never indexed, or not within
+/// the interval, get one default-branch `repo.index` each (stalest first, bounded); a fresh one
+/// gets none; running it again adds nothing while those wait.
+#[tokio::test(flavor = "multi_thread")]
+async fn due_repositories_get_one_reindex_each_and_fresh_ones_none() {
+    let (db, _env) = applied().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "INSERT INTO lettuce.repositories (provider, host, full_name, installation_id, last_indexed_at) VALUES
+               ('github', 'github.com', 'acme/never', 7, NULL),
+               ('github', 'github.com', 'acme/stale', 7, now() - interval '7 hours'),
+               ('github', 'github.com', 'acme/fresh', 7, now() - interval '1 minute'),
+               ('gitlab', 'gitlab.acme.test', 'grp/proj', NULL, now() - interval '1 day')",
+        )
+        .await
+        .unwrap();
+    let six_hours = std::time::Duration::from_secs(6 * 3600);
+    let due = lettuce_worker::db::repositories::enqueue_due_reindexes(&client, six_hours, 100)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 3, "{due:?}");
+    let payloads: Vec<serde_json::Value> = client
+        .query(
+            "SELECT payload FROM lettuce.jobs WHERE kind = 'repo.index' ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        payloads,
+        [
+            serde_json::json!({"provider": "github", "repo": "acme/never", "installation_id": 7}),
+            serde_json::json!({"provider": "gitlab", "repo": "grp/proj"}),
+            serde_json::json!({"provider": "github", "repo": "acme/stale", "installation_id": 7}),
+        ]
+    );
+    let again = lettuce_worker::db::repositories::enqueue_due_reindexes(&client, six_hours, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.iter().map(|r| r.1).collect::<Vec<_>>(),
+        due.iter().map(|r| r.1).collect::<Vec<_>>(),
+        "the waiting jobs are returned, none added"
+    );
+    let n: i64 = xtests::scalar(&client, "SELECT count(*) FROM lettuce.jobs").await;
+    assert_eq!(n, 3);
+    let bounded = lettuce_worker::db::repositories::enqueue_due_reindexes(&client, six_hours, 1)
+        .await
+        .unwrap();
+    assert_eq!(bounded.len(), 1);
 }

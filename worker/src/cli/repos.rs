@@ -4,7 +4,6 @@ use std::process::ExitCode;
 
 use super::{connect_for_command, fail};
 use crate::config::Config;
-use crate::db::jobs::NewJob;
 use crate::db::repositories::{self, Provider, Repository};
 
 #[derive(Debug, clap::Subcommand)]
@@ -30,13 +29,20 @@ pub enum Command {
     },
 }
 
-/// The `repo.index` job for `repo`, refusing what the handler would refuse.
+/// A `repo.index` request for `repo`: its payload and coalesce key, refusing what the handler
+/// would refuse.
+#[derive(Debug)]
+pub struct IndexRequest {
+    pub payload: serde_json::Value,
+    pub coalesce_key: String,
+}
+
 pub fn index_job(
     repo: &str,
     provider: &str,
     installation: Option<i64>,
     git_ref: Option<&str>,
-) -> Result<NewJob, String> {
+) -> Result<IndexRequest, String> {
     let provider: Provider = provider.parse().map_err(|e| format!("--provider: {e}"))?;
     if let Some(problem) = repositories::full_name_problem(repo) {
         return Err(format!("OWNER/NAME: {problem}"));
@@ -59,11 +65,13 @@ pub fn index_job(
         }
         payload["ref"] = r.into();
     }
-    // One waiting or running index per repository and ref: a second `repos index` prints it.
-    let key = format!("{}:{repo}:{}", provider.as_str(), git_ref.unwrap_or(""));
-    let job = NewJob::new("repo.index", payload).unique_key(key);
-    job.check().map_err(|e| e.to_string())?;
-    Ok(job)
+    // One waiting index per repository and ref: a second `repos index` prints it.
+    let coalesce_key =
+        repositories::index_coalesce_key(provider.as_str(), repo, git_ref.unwrap_or(""));
+    Ok(IndexRequest {
+        payload,
+        coalesce_key,
+    })
 }
 
 pub async fn run(command: Command, config: Config) -> ExitCode {
@@ -105,13 +113,15 @@ pub async fn run(command: Command, config: Config) -> ExitCode {
             }
             Err(e) => fail(&format!("error: {e}"), 1),
         },
-        (Command::Index { .. }, Some(job)) => match crate::db::jobs::enqueue(client, &job).await {
-            Ok(id) => {
-                println!("{id}");
-                ExitCode::SUCCESS
+        (Command::Index { .. }, Some(job)) => {
+            match repositories::enqueue_index(client, &job.payload, &job.coalesce_key).await {
+                Ok(id) => {
+                    println!("{id}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&format!("error: enqueue failed: {e}"), 1),
             }
-            Err(e) => fail(&format!("error: enqueue failed: {e}"), 1),
-        },
+        }
         (Command::Index { .. }, None) => unreachable!("built above"),
     }
 }
@@ -161,7 +171,7 @@ mod tests {
     #[test]
     fn index_jobs_are_checked_before_anything_connects() {
         let job = index_job("acme/widgets", "github", Some(42), Some("refs/heads/dev")).unwrap();
-        assert_eq!(job.kind, "repo.index");
+        assert_eq!(job.coalesce_key, "github:acme/widgets:refs/heads/dev");
         assert_eq!(
             job.payload,
             serde_json::json!({"provider": "github", "repo": "acme/widgets", "installation_id": 42, "ref": "refs/heads/dev"})

@@ -47,9 +47,13 @@ pub fn full_name_problem(full_name: &str) -> Option<String> {
     };
     let parts: Vec<&str> = full_name.split('/').collect();
     let dots = |s: &str| s == "." || s == "..";
-    if parts.len() < 2 || parts.len() > 21 || !parts.iter().all(|p| segment_ok(p) && !dots(p)) {
+    if full_name.len() > 255
+        || parts.len() < 2
+        || parts.len() > 21
+        || !parts.iter().all(|p| segment_ok(p) && !dots(p))
+    {
         return Some(format!(
-            "repository {:?} must be OWNER/NAME (GitLab: GROUP/…/NAME), each part 1–100 of [A-Za-z0-9_.-]",
+            "repository {:?} must be OWNER/NAME (GitLab: GROUP/…/NAME), at most 255 bytes, each part 1–100 of [A-Za-z0-9_.-]",
             full_name.chars().take(120).collect::<String>()
         ));
     }
@@ -169,6 +173,58 @@ pub async fn set_webhook_status(
     Ok(n == 1)
 }
 
+/// The coalesce key of a repository's `repo.index` jobs for `git_ref` (`""`: the default
+/// branch): at most one waits per repository and ref, whoever enqueues it, and a request while
+/// one runs leads to one more run after it (`lettuce.enqueue_coalesced`).
+pub fn index_coalesce_key(provider: &str, full_name: &str, git_ref: &str) -> String {
+    format!("{provider}:{full_name}:{git_ref}")
+}
+
+/// Enqueues a `repo.index` with `payload` under `coalesce_key` (see [`index_coalesce_key`]);
+/// returns the waiting job's id, new or existing.
+pub async fn enqueue_index(
+    client: &impl GenericClient,
+    payload: &serde_json::Value,
+    coalesce_key: &str,
+) -> Result<i64, DbError> {
+    Ok(client
+        .query_one(
+            "SELECT lettuce.enqueue_coalesced('repo.index', $1, $2)",
+            &[&coalesce_key, payload],
+        )
+        .await?
+        .get(0))
+}
+
+/// The scheduled fallback: enqueues a `repo.index` (default branch) for up to `limit`
+/// repositories not indexed within `interval` (never indexed first, then the stalest). A
+/// repository whose index already waits keeps that job (coalesced). Returns
+/// `(repository id, job id)` of each.
+pub async fn enqueue_due_reindexes(
+    client: &impl GenericClient,
+    interval: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<(i64, i64)>, DbError> {
+    let interval_ms = interval.as_millis() as f64;
+    let rows = client
+        .query(
+            "SELECT r.id,
+                    lettuce.enqueue_coalesced('repo.index', r.provider || ':' || r.full_name || ':',
+                        jsonb_strip_nulls(jsonb_build_object(
+                            'provider', r.provider, 'repo', r.full_name,
+                            'installation_id', r.installation_id)))
+               FROM (SELECT id, provider, full_name, installation_id
+                       FROM lettuce.repositories
+                      WHERE last_indexed_at IS NULL
+                         OR last_indexed_at <= now() - $1 * interval '1 millisecond'
+                      ORDER BY last_indexed_at NULLS FIRST, id
+                      LIMIT $2) r",
+            &[&interval_ms, &limit],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,5 +245,9 @@ mod tests {
             assert!(full_name_problem(bad).is_some(), "{bad} accepted");
         }
         assert!(full_name_problem(&format!("a/{}", "x".repeat(101))).is_some());
+        assert!(
+            full_name_problem(&vec!["x".repeat(100); 3].join("/")).is_some(),
+            "over 255 bytes"
+        );
     }
 }
