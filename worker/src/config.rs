@@ -46,6 +46,8 @@ pub const VARIABLES: &[&str] = &[
     "GITHUB_APP_CLIENT_ID",
     "GITHUB_APP_CLIENT_SECRET",
     "GITHUB_HOST",
+    "GITHUB_API_URL",
+    "GITHUB_SERVER_URL",
     "GITLAB_HOST",
     "CODEWAZE_S3_BUCKET",
     "CODEWAZE_S3_ENDPOINT",
@@ -179,6 +181,10 @@ pub struct GithubAppVars {
     pub client_id: Option<String>,
     pub client_secret: Option<Secret<String>>,
     pub github_host: String,
+    /// `GITHUB_API_URL`: the REST API base, overriding what `GITHUB_HOST` implies.
+    pub api_url: Option<String>,
+    /// `GITHUB_SERVER_URL`: the web and clone base, overriding what `GITHUB_HOST` implies.
+    pub server_url: Option<String>,
     pub gitlab_host: Option<String>,
 }
 
@@ -508,6 +514,8 @@ impl Config {
                 client_id: p.optional("GITHUB_APP_CLIENT_ID"),
                 client_secret: p.optional("GITHUB_APP_CLIENT_SECRET").map(Secret::new),
                 github_host: p.string("GITHUB_HOST"),
+                api_url: p.optional_url("GITHUB_API_URL"),
+                server_url: p.optional_url("GITHUB_SERVER_URL"),
                 gitlab_host: p.optional("GITLAB_HOST"),
             },
             s3,
@@ -629,6 +637,14 @@ impl Parser<'_> {
                 1
             }
         }
+    }
+
+    fn optional_url(&mut self, name: &str) -> Option<String> {
+        let value = self.optional(name)?;
+        if !(value.starts_with("http://") || value.starts_with("https://")) {
+            self.reject(name, format!("`{value}` is not an http(s) URL"));
+        }
+        Some(value.trim_end_matches('/').to_string())
     }
 
     fn url(&mut self, name: &str) -> String {
