@@ -23,6 +23,7 @@
 //! | `lettuce_outcomes_abandoned_total` | counter | — (outcomes not even writable as `discarded`, left to rescue) |
 //! | `lettuce_running_cancelled_total` | counter | — (running attempts stopped by an operator cancel) |
 //! | `lettuce_telemetry_heartbeats_total` | counter | `result` (`sent`, `failed`): telemetry POSTs of this process |
+//! | `lettuce_provider_rate_limited_total` | counter | `provider` (`github`, …): API answers that said "rate limited" (primary or secondary); the job snoozed |
 //! | `lettuce_db_pool_connections` | gauge | `pool` (`jobs`, `probe`), `state` (`idle`, `in_use`) |
 //! | `lettuce_db_pool_max_connections` | gauge | `pool` |
 //! | `lettuce_db_pool_waiting` | gauge | `pool` (callers waiting for a connection) |
@@ -136,6 +137,36 @@ struct PoolLabel {
 struct PoolState {
     pool: String,
     state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabel {
+    provider: String,
+}
+
+/// A handle on `lettuce_provider_rate_limited_total`, for the provider clients: clone it
+/// freely. A default handle counts into a family no registry serves (tests, one-off tools).
+#[derive(Clone, Debug, Default)]
+pub struct RateLimitCounter(Family<ProviderLabel, Counter>);
+
+impl RateLimitCounter {
+    /// Counts one rate-limited answer from `provider`.
+    pub fn inc(&self, provider: &str) {
+        self.0
+            .get_or_create(&ProviderLabel {
+                provider: label(provider),
+            })
+            .inc();
+    }
+
+    /// The count so far for `provider`.
+    pub fn get(&self, provider: &str) -> u64 {
+        self.0
+            .get_or_create(&ProviderLabel {
+                provider: label(provider),
+            })
+            .get()
+    }
 }
 
 /// The `process_*` series.
@@ -269,6 +300,7 @@ pub struct Metrics {
     /// The telemetry heartbeat's counters, mirrored into `heartbeats` at scrape.
     heartbeat: Mutex<Option<HeartbeatHandle>>,
     heartbeats: Family<ResultLabel, Counter>,
+    provider_rate_limited: RateLimitCounter,
     /// The job pool (the probe pool is `pool`); their statistics are read at scrape.
     job_pool: Mutex<Option<DbPool>>,
     pool_connections: Family<PoolState, Gauge>,
@@ -351,6 +383,12 @@ impl Default for Metrics {
             "Telemetry heartbeat POSTs of this process, by result",
             heartbeats.clone(),
         );
+        let provider_rate_limited = RateLimitCounter::default();
+        registry.register(
+            "lettuce_provider_rate_limited",
+            "Rate-limited answers from a repository provider's API (the job snoozed), by provider",
+            provider_rate_limited.0.clone(),
+        );
         registry.register(
             "lettuce_db_pool_connections",
             "Open database connections of this process, by pool and state",
@@ -414,6 +452,7 @@ impl Default for Metrics {
             listener: Mutex::new(None),
             heartbeat: Mutex::new(None),
             heartbeats,
+            provider_rate_limited,
             job_pool: Mutex::new(None),
             pool_connections,
             pool_max,
@@ -424,6 +463,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The handle provider clients count rate-limited answers with.
+    pub fn rate_limit_counter(&self) -> RateLimitCounter {
+        self.provider_rate_limited.clone()
+    }
+
     /// The pool the scrape-time depth query uses.
     pub fn set_pool(&self, pool: DbPool) {
         *self.pool.lock().expect("metrics lock") = Some(pool);
