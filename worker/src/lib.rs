@@ -16,6 +16,7 @@ pub mod health;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod providers;
 pub mod redact;
 pub mod runtime;
 pub mod secrets;

@@ -11,7 +11,7 @@
 use base64::Engine as _;
 use pkcs8::der::{Decode, SecretDocument};
 
-use crate::config::GithubAppVars;
+use crate::config::{GithubAppVars, Secret};
 
 /// The message an operator sees, in logs and on jobs, when no GitHub App is configured.
 pub const NOT_CONFIGURED: &str = "GitHub App is not configured on this Lettuce instance";
@@ -145,6 +145,19 @@ pub fn check(vars: &GithubAppVars) -> Result<GithubStatus, GithubError> {
 /// Recognises the form the key was written in, normalises it to PEM and parses it as RSA.
 /// Returns the form and the encoding (`PKCS#1` or `PKCS#8`).
 pub fn parse_private_key(value: &str) -> Result<(KeyForm, &'static str), GithubError> {
+    decode_private_key(value).map(|k| (k.form, k.encoding))
+}
+
+/// A decoded App key: how it was written, and the RSA key itself as PKCS#1 DER (what a signer
+/// takes), kept as a [`Secret`].
+pub struct DecodedKey {
+    pub form: KeyForm,
+    pub encoding: &'static str,
+    pub pkcs1_der: Secret<Vec<u8>>,
+}
+
+/// [`parse_private_key`], keeping the key: the provider signs App JWTs with it.
+pub fn decode_private_key(value: &str) -> Result<DecodedKey, GithubError> {
     let trimmed = value.trim();
     let (form, pem) = if trimmed.starts_with("-----BEGIN") {
         if trimmed.contains("\\n") {
@@ -177,7 +190,11 @@ pub fn parse_private_key(value: &str) -> Result<(KeyForm, &'static str), GithubE
         "RSA PRIVATE KEY" => {
             pkcs1::RsaPrivateKeyRef::from_der(doc.as_bytes())
                 .map_err(|e| bad(format!("PKCS#1 body does not parse: {e}")))?;
-            Ok((form, "PKCS#1"))
+            Ok(DecodedKey {
+                form,
+                encoding: "PKCS#1",
+                pkcs1_der: Secret::new(doc.as_bytes().to_vec()),
+            })
         }
         "PRIVATE KEY" => {
             let info = pkcs8::PrivateKeyInfoRef::try_from(doc.as_bytes())
@@ -190,7 +207,11 @@ pub fn parse_private_key(value: &str) -> Result<(KeyForm, &'static str), GithubE
             }
             pkcs1::RsaPrivateKeyRef::from_der(info.private_key.as_bytes())
                 .map_err(|e| bad(format!("RSA key inside PKCS#8 does not parse: {e}")))?;
-            Ok((form, "PKCS#8"))
+            Ok(DecodedKey {
+                form,
+                encoding: "PKCS#8",
+                pkcs1_der: Secret::new(info.private_key.as_bytes().to_vec()),
+            })
         }
         other => Err(bad(format!(
             "PEM label is `{other}`; expected `RSA PRIVATE KEY` or `PRIVATE KEY`"
