@@ -10,6 +10,7 @@
 //! | `license.signature` | the token verifies against the public key | |
 //! | `license.expiry` | not expired; WARN under 14 days | |
 //! | `github.app` | none or all five variables; id numeric; RSA key parses | |
+//! | `github.api` | only when the App is configured: `GET /app` accepts the App JWT (the slug), installations it sees | yes |
 //! | `telemetry` | the resolved decision; WARN on a contradiction or the deprecated alias | |
 //! | `db.connect` | one connection within min(`LETTUCE_DB_CONNECT_TIMEOUT_MS`, 5 s) | yes |
 //! | `db.version` | server 15 or newer | yes |
@@ -261,6 +262,14 @@ pub async fn report(env: &Env, offline: bool, now: OffsetDateTime) -> Vec<Check>
 
     // Gate 3: the GitHub App.
     out.push(github_check(&config, &raw, &unknown_offline));
+    if !offline
+        && matches!(
+            github::check(&config.github),
+            Ok(github::GithubStatus::Configured(_))
+        )
+    {
+        out.push(github_api_check(&config).await);
+    }
 
     // Gate 4: telemetry resolution.
     let decision = telemetry::resolve(&config, claims.as_ref());
@@ -468,6 +477,44 @@ fn github_check(
             };
             hinted("github.app", Level::Fail, e.to_string(), hint)
         }
+    }
+}
+
+/// `github.api`: the App JWT against `GET /app`, and the installations the App can see.
+async fn github_api_check(config: &Config) -> Check {
+    use crate::providers::ProviderError;
+    use crate::providers::github::{GithubClient, GithubSettings};
+    let probe = async {
+        let settings = GithubSettings::from_config(config)?;
+        let client = GithubClient::new(&settings, Default::default())?;
+        let api = client.endpoints().api.clone();
+        client.probe_app().await.map(|p| (p, api))
+    };
+    match probe.await {
+        Ok((p, api)) => check(
+            "github.api",
+            if p.installations == 0 {
+                Level::Warn
+            } else {
+                Level::Ok
+            },
+            format!(
+                "{api} accepts the App JWT: app `{}`; {} installation(s) visible",
+                p.slug, p.installations
+            ),
+        ),
+        Err(e @ ProviderError::BadCredentials { .. }) => hinted(
+            "github.api",
+            Level::Fail,
+            e.to_string(),
+            "GITHUB_APP_PRIVATE_KEY does not match GITHUB_APP_ID: generate a new private key on the App's settings page, or fix the id",
+        ),
+        Err(e) => hinted(
+            "github.api",
+            Level::Fail,
+            e.to_string(),
+            "check that this host reaches GITHUB_HOST (or GITHUB_API_URL) over HTTPS",
+        ),
     }
 }
 
