@@ -4,6 +4,7 @@
 //! Postgres comes from `XTESTS_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`),
 //! which `scripts/test` sets after making sure a server answers.
 
+pub mod fake_github;
 pub mod s3;
 
 use std::collections::HashMap;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use lettuce_worker::boot::license::{self, Claims};
 use lettuce_worker::config::{Env, RawConfig};
 use lettuce_worker::secrets::SecretSource;
+use xtests::fake_github::{AppKey, FakeGithub};
 use xtests::services::{Moto, Vault, free_port};
 use xtests::{TestDb, WorkerProcess, enqueue_sql, run_worker, wait_final};
 
@@ -160,16 +161,21 @@ fn check_config(env: &Vars, extra: &[&str]) -> (i32, serde_json::Value, String) 
 // ---------------------------------------------------------------------------------------------
 // Secrets never printed
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn no_failing_gate_prints_a_secret() {
     let db = TestDb::new().await;
-    let key_pem = rsa_pem();
+    // The App's key, and a fake GitHub that knows it (check-config probes `GET /app`).
+    let app_key = AppKey::generate();
+    let key_pem = app_key.pkcs1_pem.clone();
+    let fake = FakeGithub::start(424242, &app_key, false).await;
+    fake.add_installation(1, "acme");
     let (lic_env, token) = licensed(&claims(365));
     let db_password = "pw-Sekr1t-db-password-77";
     let vault_token = "hvs.Sekr1t-vault-token-99";
     let mut base = db.env();
     base.extend(lic_env);
     base.extend(github_vars(&key_pem));
+    base.insert("GITHUB_API_URL".into(), fake.api_url());
     let url_with_password = db.url.replacen(
         "postgres://postgres@",
         &format!("postgres://postgres:{db_password}@"),
@@ -247,6 +253,7 @@ async fn no_failing_gate_prints_a_secret() {
             5,
         ),
     ];
+    let mut all_printed = Vec::new();
     for (name, changes, exit) in cases {
         let mut env = base.clone();
         for (k, v) in changes {
@@ -264,6 +271,23 @@ async fn no_failing_gate_prints_a_secret() {
                     !printed.contains(s.as_str()),
                     "{name}: a secret ({}…) was printed:\n{printed}",
                     &s[..s.len().min(6)]
+                );
+            }
+        }
+        all_printed.extend([out, err, cc_out, cc_err, json_out, json_err]);
+    }
+    // The App JWTs check-config signed for the fake were never printed either.
+    let jwts = fake.secrets_seen();
+    assert!(
+        !jwts.is_empty(),
+        "check-config never probed the fake GitHub"
+    );
+    for jwt in &jwts {
+        for part in jwt.split('.').skip(1) {
+            for printed in &all_printed {
+                assert!(
+                    !printed.contains(part),
+                    "an App JWT was printed:\n{printed}"
                 );
             }
         }
@@ -628,13 +652,17 @@ async fn aws_secrets_manager_reads_through_and_names_missing_keys() {
 // ---------------------------------------------------------------------------------------------
 // check-config
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn check_config_passes_on_a_good_setup_and_reports_every_check() {
     let db = TestDb::new().await;
     let (lic, _) = licensed(&claims(365));
     let mut env = db.env();
     env.extend(lic);
-    env.extend(github_vars(&rsa_pem()));
+    let app_key = AppKey::generate();
+    let fake = FakeGithub::start(424242, &app_key, false).await;
+    fake.add_installation(1, "acme");
+    env.extend(github_vars(&app_key.pkcs1_pem));
+    env.insert("GITHUB_API_URL".into(), fake.api_url());
     let (code, report, err) = check_config(&env, &[]);
     assert_eq!(code, 0, "{report:#}\n{err}");
     let ids: Vec<&str> = report["checks"]
@@ -651,6 +679,7 @@ async fn check_config_passes_on_a_good_setup_and_reports_every_check() {
             "license.signature",
             "license.expiry",
             "github.app",
+            "github.api",
             "telemetry",
             "db.connect",
             "db.version",
@@ -666,6 +695,7 @@ async fn check_config_passes_on_a_good_setup_and_reports_every_check() {
         "license.signature",
         "license.expiry",
         "github.app",
+        "github.api",
         "db.connect",
         "db.version",
         "db.privileges",
