@@ -67,6 +67,7 @@ pub const VARIABLES: &[&str] = &[
     "LETTUCE_RETRY_BASE_MS",
     "LETTUCE_RETRY_MAX_MS",
     "LETTUCE_JOB_RETENTION",
+    "LETTUCE_REINDEX_INTERVAL",
     "LETTUCE_HTTP_ADDR",
     "LETTUCE_DIAG_JOBS",
     "LETTUCE_LOG_FORMAT",
@@ -230,6 +231,8 @@ pub struct Config {
     pub retry_base: Duration,
     pub retry_max: Duration,
     pub retention: Retention,
+    /// A repository not indexed for this long gets a scheduled `repo.index`.
+    pub reindex_interval: Duration,
     /// `None` when `LETTUCE_HTTP_ADDR=off`.
     pub http_addr: Option<SocketAddr>,
     pub diag_jobs: bool,
@@ -276,6 +279,7 @@ const DEFAULTS: &[(&str, &str)] = &[
         "LETTUCE_JOB_RETENTION",
         "completed=24h,discarded=7d,cancelled=7d",
     ),
+    ("LETTUCE_REINDEX_INTERVAL", "6h"),
     ("LETTUCE_HTTP_ADDR", "0.0.0.0:9090"),
     ("LETTUCE_DIAG_JOBS", "false"),
     ("LETTUCE_LOG_FORMAT", "human"),
@@ -531,6 +535,7 @@ impl Config {
             retry_base: p.millis("LETTUCE_RETRY_BASE_MS", 0, DAY_MS),
             retry_max: p.millis("LETTUCE_RETRY_MAX_MS", 0, 30 * DAY_MS),
             retention: p.retention("LETTUCE_JOB_RETENTION"),
+            reindex_interval: p.duration("LETTUCE_REINDEX_INTERVAL", 1_000, 365 * 86_400_000),
             http_addr: p.http_addr("LETTUCE_HTTP_ADDR"),
             diag_jobs: p.bool("LETTUCE_DIAG_JOBS"),
             log_format: p.log_format("LETTUCE_LOG_FORMAT"),
@@ -624,6 +629,24 @@ impl Parser<'_> {
                     format!("`{value}` is not a whole number of milliseconds from {min} to {max}"),
                 );
                 Duration::from_millis(min.max(1))
+            }
+        }
+    }
+
+    /// A duration (`500ms`, `30s`, `15m`, `6h`, `7d`) between `min_ms` and `max_ms`.
+    fn duration(&mut self, name: &str, min_ms: u64, max_ms: u64) -> Duration {
+        let value = self.string(name);
+        match parse_duration(&value) {
+            Some(d) if (min_ms..=max_ms).contains(&(d.as_millis() as u64)) => d,
+            _ => {
+                self.reject(
+                    name,
+                    format!(
+                        "`{value}` is not a duration (e.g. 30m, 6h, 7d) from {min_ms} ms to {} days",
+                        max_ms / 86_400_000
+                    ),
+                );
+                Duration::from_millis(min_ms.max(1))
             }
         }
     }

@@ -305,15 +305,248 @@ async fn due_repositories_get_one_reindex_each_and_fresh_ones_none() {
     let again = lettuce_worker::db::repositories::enqueue_due_reindexes(&client, six_hours, 100)
         .await
         .unwrap();
-    assert_eq!(
-        again.iter().map(|r| r.1).collect::<Vec<_>>(),
-        due.iter().map(|r| r.1).collect::<Vec<_>>(),
-        "the waiting jobs are returned, none added"
-    );
+    assert!(again.is_empty(), "none added while those wait: {again:?}");
     let n: i64 = xtests::scalar(&client, "SELECT count(*) FROM lettuce.jobs").await;
     assert_eq!(n, 3);
+    // Bounded: with those gone, one pass of limit 1 enqueues one.
+    client
+        .batch_execute("DELETE FROM lettuce.job_queue")
+        .await
+        .unwrap();
     let bounded = lettuce_worker::db::repositories::enqueue_due_reindexes(&client, six_hours, 1)
         .await
         .unwrap();
     assert_eq!(bounded.len(), 1);
+}
+
+/// `github.event` through the real binary (issue 15): a push to the indexed branch enqueues one
+/// `repo.index`; a redelivery does nothing twice; a burst coalesces into the waiting index; a
+/// push while one runs leads to exactly one more; a pull request indexes its head; other
+/// branches, other events and repositories this instance does not keep are ignored; a bad or
+/// hostile payload is discarded naming the problem, and the jobs beside it go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn github_events_enqueue_coalesced_indexes_once_per_delivery() {
+    use std::time::Duration;
+    let (db, mut env) = applied().await;
+    env.remove("LETTUCE_DIAG_JOBS");
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "INSERT INTO lettuce.repositories (provider, host, full_name, installation_id, default_branch)
+             VALUES ('github', 'github.com', 'acme/widgets', 42, 'main')",
+        )
+        .await
+        .unwrap();
+    let mut w = xtests::WorkerProcess::start(&["run"], &env);
+    w.wait_ready(Duration::from_secs(30)).await;
+    let event = |delivery: &str, event: &str, body: serde_json::Value| serde_json::json!({"delivery_id": delivery, "event": event, "payload": body});
+    let push = |git_ref: &str, repo: &str| {
+        serde_json::json!({
+            "ref": git_ref,
+            "repository": {"full_name": repo, "default_branch": "main"},
+            "installation": {"id": 42}
+        })
+    };
+    let send = |payload: serde_json::Value| {
+        let client = &client;
+        async move {
+            let id: i64 = client
+                .query_one("SELECT lettuce.enqueue('github.event', $1)", &[&payload])
+                .await
+                .unwrap()
+                .get(0);
+            xtests::wait_final(client, id, Duration::from_secs(20)).await
+        }
+    };
+    let indexes = || {
+        let client = &client;
+        async move {
+            client
+                .query(
+                    "SELECT id, state, payload FROM lettuce.jobs WHERE kind = 'repo.index' ORDER BY id",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1), r.get::<_, serde_json::Value>(2)))
+                .collect::<Vec<_>>()
+        }
+    };
+
+    let (state, ..) = send(event("d1", "push", push("refs/heads/main", "acme/widgets"))).await;
+    assert_eq!(state, "completed");
+    let first = indexes().await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0].1, "available");
+    assert_eq!(
+        first[0].2,
+        serde_json::json!({"provider": "github", "repo": "acme/widgets", "installation_id": 42})
+    );
+    // Redelivered: handled once.
+    assert_eq!(
+        send(event("d1", "push", push("refs/heads/main", "acme/widgets")))
+            .await
+            .0,
+        "completed"
+    );
+    // A burst while the index waits: coalesced into it.
+    let burst: Vec<i64> = {
+        let mut ids = Vec::new();
+        for i in 2..22 {
+            let p = event(
+                &format!("d{i}"),
+                "push",
+                push("refs/heads/main", "acme/widgets"),
+            );
+            ids.push(
+                client
+                    .query_one("SELECT lettuce.enqueue('github.event', $1)", &[&p])
+                    .await
+                    .unwrap()
+                    .get(0),
+            );
+        }
+        ids
+    };
+    for id in burst {
+        assert_eq!(
+            xtests::wait_final(&client, id, Duration::from_secs(20))
+                .await
+                .0,
+            "completed"
+        );
+    }
+    assert_eq!(indexes().await.len(), 1, "twenty pushes, one waiting index");
+    // While it runs, a push leads to exactly one more.
+    client
+        .batch_execute(&format!(
+            "UPDATE lettuce.job_queue SET state = 'running', attempt = 1, locked_by = 'elsewhere',
+                    attempted_at = now(), lease_expires_at = now() + interval '1 hour' WHERE id = {}",
+            first[0].0
+        ))
+        .await
+        .unwrap();
+    for d in ["d30", "d31"] {
+        send(event(d, "push", push("refs/heads/main", "acme/widgets"))).await;
+    }
+    let now = indexes().await;
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert_eq!(
+        (now[0].1.as_str(), now[1].1.as_str()),
+        ("running", "available")
+    );
+    // Ignored: another branch, another event, a repository this instance does not keep.
+    send(event(
+        "d40",
+        "push",
+        push("refs/heads/feature", "acme/widgets"),
+    ))
+    .await;
+    send(event(
+        "d41",
+        "issues",
+        serde_json::json!({"action": "opened"}),
+    ))
+    .await;
+    send(event(
+        "d42",
+        "push",
+        push("refs/heads/main", "acme/unknown"),
+    ))
+    .await;
+    assert_eq!(indexes().await.len(), 2);
+    // A pull request indexes its head.
+    let mut pr = push("refs/heads/x", "acme/widgets");
+    pr["action"] = "synchronize".into();
+    pr["number"] = 7.into();
+    send(event("d50", "pull_request", pr)).await;
+    let now = indexes().await;
+    assert_eq!(now.len(), 3);
+    assert_eq!(now[2].2["ref"], "refs/pull/7/head");
+    // Bad input is discarded naming the problem; the queue goes on.
+    let (state, _, errors) =
+        send(serde_json::json!({"delivery_id": "d60", "event": "push", "payload": {}, "extra": 1}))
+            .await;
+    assert_eq!(state, "discarded");
+    assert!(errors.to_string().contains("extra"), "{errors}");
+    let (state, _, errors) = send(event(
+        "d61",
+        "push",
+        push("refs/heads/main", "acme/../../etc"),
+    ))
+    .await;
+    assert_eq!(state, "discarded");
+    assert!(errors.to_string().contains("OWNER/NAME"), "{errors}");
+    let recorded: i64 =
+        xtests::scalar(&client, "SELECT count(*) FROM lettuce.github_deliveries").await;
+    assert_eq!(recorded, 1 + 20 + 2 + 3 + 1, "each handled delivery once");
+    let linked: i64 = xtests::scalar(
+        &client,
+        "SELECT count(*) FROM lettuce.github_deliveries WHERE job_id IS NOT NULL",
+    )
+    .await;
+    assert_eq!(linked, 1 + 20 + 2 + 1);
+    w.signal(libc::SIGTERM);
+    assert_eq!(w.wait_exit(Duration::from_secs(20)).await, Some(0));
+}
+
+/// The scheduled fallback through three real replicas (issue 15): a stale repository gets one
+/// `repo.index`, enqueued by one replica's pass (the maintenance turn), not one per replica.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_scheduled_reindex_enqueues_once_for_three_replicas() {
+    use std::time::Duration;
+    let (db, mut env) = applied().await;
+    env.insert("LETTUCE_REINDEX_INTERVAL".into(), "10s".into());
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "INSERT INTO lettuce.repositories (provider, host, full_name, installation_id, last_indexed_at)
+             VALUES ('github', 'github.com', 'acme/stale', 7, now() - interval '1 hour'),
+                    ('github', 'github.com', 'acme/fresh', 7, now())",
+        )
+        .await
+        .unwrap();
+    let mut replicas: Vec<_> = (0..3)
+        .map(|_| xtests::WorkerProcess::start(&["run"], &env))
+        .collect();
+    for w in &mut replicas {
+        w.wait_ready(Duration::from_secs(30)).await;
+    }
+    let jobs = xtests::eventually(Duration::from_secs(15), "a scheduled repo.index", || {
+        let client = &client;
+        async move {
+            let rows = client
+                .query(
+                    "SELECT payload FROM lettuce.jobs WHERE kind = 'repo.index'",
+                    &[],
+                )
+                .await
+                .unwrap();
+            (!rows.is_empty()).then(|| {
+                rows.iter()
+                    .map(|r| r.get::<_, serde_json::Value>(0))
+                    .collect::<Vec<_>>()
+            })
+        }
+    })
+    .await;
+    // Three more passes' worth of time: still the one job, and one replica said so.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let n: i64 = xtests::scalar(
+        &client,
+        "SELECT count(*) FROM lettuce.jobs WHERE kind = 'repo.index'",
+    )
+    .await;
+    assert_eq!(n, 1, "{jobs:?}");
+    assert_eq!(jobs[0]["repo"], "acme/stale");
+    let told = replicas
+        .iter()
+        .filter(|w| w.printed("scheduled reindex: 1 repositories"))
+        .count();
+    assert_eq!(told, 1, "one replica enqueued it");
+    for w in &mut replicas {
+        w.signal(libc::SIGTERM);
+        assert_eq!(w.wait_exit(Duration::from_secs(20)).await, Some(0));
+    }
 }

@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use super::{connect_for_command, fail};
 use crate::config::Config;
-use crate::db::repositories::{self, Provider, Repository};
+use crate::db::repositories::{self, Repository};
+use crate::providers::{ProviderKind, repo_name_problem};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -43,21 +44,21 @@ pub fn index_job(
     installation: Option<i64>,
     git_ref: Option<&str>,
 ) -> Result<IndexRequest, String> {
-    let provider: Provider = provider.parse().map_err(|e| format!("--provider: {e}"))?;
-    if let Some(problem) = repositories::full_name_problem(repo) {
+    let provider: ProviderKind = provider.parse().map_err(|e| format!("--provider: {e}"))?;
+    if let Some(problem) = repo_name_problem(repo) {
         return Err(format!("OWNER/NAME: {problem}"));
     }
     let mut payload = serde_json::json!({ "provider": provider.as_str(), "repo": repo });
     match (provider, installation) {
-        (Provider::Github, None) => {
+        (ProviderKind::Github, None) => {
             return Err("--installation: required for a GitHub repository".into());
         }
         (_, Some(n)) if n <= 0 => return Err("--installation: must be positive".into()),
-        (Provider::Github, Some(n)) => payload["installation_id"] = n.into(),
-        (Provider::Gitlab, Some(_)) => {
+        (ProviderKind::Github, Some(n)) => payload["installation_id"] = n.into(),
+        (ProviderKind::Gitlab, Some(_)) => {
             return Err("--installation: GitLab repositories have none".into());
         }
-        (Provider::Gitlab, None) => {}
+        (ProviderKind::Gitlab, None) => {}
     }
     if let Some(r) = git_ref {
         if r.is_empty() || r.len() > 255 || r.chars().any(|c| c.is_control() || c == ' ') {

@@ -9,6 +9,7 @@
 //! - `telemetry.rs`: the daily heartbeat's per-day claim, receipt and reported figures.
 //! - `tls.rs`: TLS to Postgres with libpq's `sslmode` meanings (rustls).
 
+pub mod deliveries;
 pub mod diag;
 pub mod entitlements;
 pub mod jobs;

@@ -7,58 +7,7 @@ use tokio_postgres::GenericClient;
 
 use super::DbError;
 
-/// Where a repository lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Provider {
-    Github,
-    Gitlab,
-}
-
-impl Provider {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Provider::Github => "github",
-            Provider::Gitlab => "gitlab",
-        }
-    }
-}
-
-impl std::str::FromStr for Provider {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "github" => Ok(Provider::Github),
-            "gitlab" => Ok(Provider::Gitlab),
-            other => Err(format!(
-                "unknown provider {other:?}; accepted: github, gitlab"
-            )),
-        }
-    }
-}
-
-/// Why a repository name is refused: the rule the schema's CHECK enforces, said in words (no
-/// `.` or `..` part either: names become paths in the scratch cache).
-pub fn full_name_problem(full_name: &str) -> Option<String> {
-    let segment_ok = |s: &str| {
-        (1..=100).contains(&s.len())
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-    };
-    let parts: Vec<&str> = full_name.split('/').collect();
-    let dots = |s: &str| s == "." || s == "..";
-    if full_name.len() > 255
-        || parts.len() < 2
-        || parts.len() > 21
-        || !parts.iter().all(|p| segment_ok(p) && !dots(p))
-    {
-        return Some(format!(
-            "repository {:?} must be OWNER/NAME (GitLab: GROUP/…/NAME), at most 255 bytes, each part 1–100 of [A-Za-z0-9_.-]",
-            full_name.chars().take(120).collect::<String>()
-        ));
-    }
-    None
-}
+use crate::providers::ProviderKind;
 
 /// One row, as `worker repos list` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -111,6 +60,25 @@ pub async fn list(client: &impl GenericClient) -> Result<Vec<Repository>, DbErro
     Ok(rows.iter().map(from_row).collect())
 }
 
+/// The repository recorded as (`provider`, `host`, `full_name`), if any.
+pub async fn find(
+    client: &impl GenericClient,
+    provider: ProviderKind,
+    host: &str,
+    full_name: &str,
+) -> Result<Option<Repository>, DbError> {
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT {COLUMNS} FROM lettuce.repositories
+                  WHERE provider = $1 AND host = $2 AND full_name = $3"
+            ),
+            &[&provider.as_str(), &host, &full_name],
+        )
+        .await?;
+    Ok(row.as_ref().map(from_row))
+}
+
 /// How many repositories the instance keeps (what the `repos` cap counts).
 pub async fn count(client: &impl GenericClient) -> Result<i64, DbError> {
     Ok(client
@@ -122,7 +90,7 @@ pub async fn count(client: &impl GenericClient) -> Result<i64, DbError> {
 /// Records a repository (or refreshes its installation); returns its row.
 pub async fn upsert(
     client: &impl GenericClient,
-    provider: Provider,
+    provider: ProviderKind,
     host: &str,
     full_name: &str,
     installation_id: Option<i64>,
@@ -197,9 +165,9 @@ pub async fn enqueue_index(
 }
 
 /// The scheduled fallback: enqueues a `repo.index` (default branch) for up to `limit`
-/// repositories not indexed within `interval` (never indexed first, then the stalest). A
-/// repository whose index already waits keeps that job (coalesced). Returns
-/// `(repository id, job id)` of each.
+/// repositories not indexed within `interval` (never indexed first, then the stalest) and with
+/// no default-branch index waiting or running. Returns `(repository id, job id)` of each job
+/// enqueued.
 pub async fn enqueue_due_reindexes(
     client: &impl GenericClient,
     interval: std::time::Duration,
@@ -215,39 +183,18 @@ pub async fn enqueue_due_reindexes(
                             'installation_id', r.installation_id)))
                FROM (SELECT id, provider, full_name, installation_id
                        FROM lettuce.repositories
-                      WHERE last_indexed_at IS NULL
-                         OR last_indexed_at <= now() - $1 * interval '1 millisecond'
+                      WHERE (last_indexed_at IS NULL
+                             OR last_indexed_at <= now() - $1 * interval '1 millisecond')
+                        -- Not while one waits or runs (its coalesce slots `<key>#n`).
+                        AND NOT EXISTS (
+                            SELECT 1 FROM lettuce.job_queue j
+                             WHERE j.kind = 'repo.index'
+                               AND j.unique_key >= provider || ':' || full_name || ':#'
+                               AND j.unique_key < provider || ':' || full_name || ':$')
                       ORDER BY last_indexed_at NULLS FIRST, id
                       LIMIT $2) r",
             &[&interval_ms, &limit],
         )
         .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn repository_names_follow_the_schema_rule() {
-        assert!(full_name_problem("acme/widgets").is_none());
-        assert!(full_name_problem("group/sub/project.rs").is_none());
-        for bad in [
-            "widgets",
-            "acme/",
-            "/x",
-            "a b/c",
-            "acme/wid;gets",
-            "ac/../me",
-            "./x",
-        ] {
-            assert!(full_name_problem(bad).is_some(), "{bad} accepted");
-        }
-        assert!(full_name_problem(&format!("a/{}", "x".repeat(101))).is_some());
-        assert!(
-            full_name_problem(&vec!["x".repeat(100); 3].join("/")).is_some(),
-            "over 255 bytes"
-        );
-    }
 }

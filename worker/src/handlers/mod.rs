@@ -6,6 +6,7 @@
 
 pub mod diag;
 pub mod diag_gates;
+pub mod github_event;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -163,6 +164,46 @@ impl JobContext {
             .map_err(|m| HandlerError::Permanent(m.to_string()))
     }
 
+    /// The GitHub host repositories are recorded under: the App's (`GITHUB_HOST`, default
+    /// `github.com`), or `github.com` when no App is configured.
+    pub fn github_host(&self) -> String {
+        self.services
+            .github
+            .app()
+            .map_or_else(|_| "github.com".to_string(), |a| a.github_host.clone())
+    }
+
+    /// The repository this instance keeps as (`provider`, `host`, `full_name`), if any.
+    pub async fn repository(
+        &self,
+        provider: crate::providers::ProviderKind,
+        host: &str,
+        full_name: &str,
+    ) -> Result<Option<crate::db::repositories::Repository>, HandlerError> {
+        let client = self
+            .services
+            .pool
+            .get()
+            .await
+            .map_err(|e| HandlerError::Retryable(crate::db::DbError::from(e).to_string()))?;
+        crate::db::repositories::find(&**client, provider, host, full_name)
+            .await
+            .map_err(|e| HandlerError::Retryable(e.to_string()))
+    }
+
+    /// Records a webhook delivery and, in the same transaction, enqueues its `repo.index`
+    /// (coalesced); a delivery id seen before does nothing ([`crate::db::deliveries`]).
+    pub async fn record_delivery(
+        &self,
+        delivery_id: &str,
+        event: &str,
+        index: Option<&crate::db::deliveries::IndexRequest>,
+    ) -> Result<crate::db::deliveries::Delivery, HandlerError> {
+        crate::db::deliveries::record(&self.services.pool, delivery_id, event, index)
+            .await
+            .map_err(|e| HandlerError::Retryable(e.to_string()))
+    }
+
     /// The artifact store, for handlers that need more than [`JobContext::write_artifact`].
     pub fn artifacts(&self) -> &ArtifactStore {
         &self.services.artifacts
@@ -290,6 +331,8 @@ impl Registry {
 /// The registry a `worker run` process uses for this configuration.
 pub fn registry_for(config: &crate::config::Config) -> Registry {
     let mut r = Registry::new();
+    // The kinds of the worker's own work (README "Job kinds"), in every `worker run`.
+    r.register(github_event::GithubEvent);
     if config.diag_jobs {
         diag::register(&mut r);
         diag_gates::register(&mut r);

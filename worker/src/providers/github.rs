@@ -287,20 +287,14 @@ fn rate_limit_until(answer: &Answer, now: OffsetDateTime) -> Option<OffsetDateTi
 
 /// `owner/name` with both parts in GitHub's alphabet, so a path can never leave `/repos/`.
 fn repo_path(repo: &RepoRef) -> Result<&str, ProviderError> {
-    let ok_part = |p: &str| {
-        !p.is_empty()
-            && p != "."
-            && p != ".."
-            && p.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    };
-    match repo.path.split_once('/') {
-        Some((owner, name)) if ok_part(owner) && ok_part(name) => Ok(&repo.path),
-        _ => Err(ProviderError::Rejected(format!(
+    // GitHub names have exactly two parts; the shared rule covers the characters.
+    if repo.path.split('/').count() != 2 || super::repo_name_problem(&repo.path).is_some() {
+        return Err(ProviderError::Rejected(format!(
             "`{}` is not a GitHub repository name (owner/name)",
             repo.path
-        ))),
+        )));
     }
+    Ok(&repo.path)
 }
 
 impl GithubClient {
@@ -433,7 +427,7 @@ impl GithubClient {
         }
         let now = OffsetDateTime::now_utc();
         if let Some(until) = rate_limit_until(&answer, now) {
-            self.rate_limited.inc(ProviderKind::Github.name());
+            self.rate_limited.inc(ProviderKind::Github.as_str());
             tracing::warn!(%until, status = answer.status.as_u16(), "GitHub rate limit on {what}");
             return Err(ProviderError::RateLimited {
                 provider: PROVIDER,

@@ -21,19 +21,60 @@ use time::OffsetDateTime;
 use crate::config::Secret;
 use crate::handlers::HandlerError;
 
-/// Which provider a repository lives on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Which provider a repository lives on (`lettuce.repositories.provider`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
     Github,
+    Gitlab,
 }
 
 impl ProviderKind {
-    /// The label value of `lettuce_provider_rate_limited_total{provider}`.
-    pub fn name(self) -> &'static str {
+    /// The name the schema, payloads and metric labels use.
+    pub fn as_str(self) -> &'static str {
         match self {
             ProviderKind::Github => "github",
+            ProviderKind::Gitlab => "gitlab",
         }
     }
+}
+
+impl std::str::FromStr for ProviderKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "github" => Ok(ProviderKind::Github),
+            "gitlab" => Ok(ProviderKind::Gitlab),
+            other => Err(format!(
+                "unknown provider {other:?}; accepted: github, gitlab"
+            )),
+        }
+    }
+}
+
+/// Why a repository name is refused, or `None`: `OWNER/NAME` (GitLab `GROUP/…/NAME`), at most
+/// 255 bytes, each part 1–100 of `[A-Za-z0-9_.-]` and never `.` or `..` (names become URL paths
+/// and paths in the scratch cache). The schema's CHECK on `lettuce.repositories` says the same.
+pub fn repo_name_problem(full_name: &str) -> Option<String> {
+    let part_ok = |s: &str| {
+        (1..=100).contains(&s.len())
+            && s != "."
+            && s != ".."
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    };
+    let parts: Vec<&str> = full_name.split('/').collect();
+    if full_name.len() > 255
+        || parts.len() < 2
+        || parts.len() > 21
+        || !parts.iter().all(|p| part_ok(p))
+    {
+        return Some(format!(
+            "repository {:?} must be OWNER/NAME (GitLab: GROUP/…/NAME), at most 255 bytes, each part 1–100 of [A-Za-z0-9_.-]",
+            full_name.chars().take(120).collect::<String>()
+        ));
+    }
+    None
 }
 
 /// One repository as a job names it.
@@ -221,6 +262,28 @@ impl Provider {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repository_names_follow_the_schema_rule() {
+        assert!(repo_name_problem("acme/widgets").is_none());
+        assert!(repo_name_problem("group/sub/project.rs").is_none());
+        for bad in [
+            "widgets",
+            "acme/",
+            "/x",
+            "a b/c",
+            "acme/wid;gets",
+            "ac/../me",
+            "./x",
+        ] {
+            assert!(repo_name_problem(bad).is_some(), "{bad} accepted");
+        }
+        assert!(repo_name_problem(&format!("a/{}", "x".repeat(101))).is_some());
+        assert!(
+            repo_name_problem(&vec!["x".repeat(100); 3].join("/")).is_some(),
+            "over 255 bytes"
+        );
+    }
 
     #[test]
     fn errors_map_to_what_the_runtime_should_do() {

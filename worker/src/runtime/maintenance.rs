@@ -1,5 +1,6 @@
 //! The maintenance tasks every worker runs: the rescuer (expired leases), the pruner (finished
-//! jobs past retention) and the stale-worker sweep. Each statement uses `SKIP LOCKED` or is a
+//! jobs past retention), the scheduled reindex (repositories not indexed for
+//! `LETTUCE_REINDEX_INTERVAL`) and the stale-worker sweep. Each statement uses `SKIP LOCKED` or is a
 //! plain idempotent delete, so running them on every replica is safe.
 
 use std::sync::Arc;
@@ -16,6 +17,9 @@ use crate::db;
 /// Rows one activation touches at most.
 const BATCH: i64 = 1000;
 
+/// How long a handled webhook delivery id is remembered (`lettuce.github_deliveries`).
+const DELIVERY_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 pub(crate) fn spawn_all(tracker: &TaskTracker, shared: Arc<Shared>, stop: CancellationToken) {
     let metrics = shared.metrics.clone();
     tracker.spawn(drive(
@@ -31,6 +35,11 @@ pub(crate) fn spawn_all(tracker: &TaskTracker, shared: Arc<Shared>, stop: Cancel
             metrics.clone(),
         ));
     }
+    tracker.spawn(drive(
+        Reindexer(shared.clone()),
+        stop.clone(),
+        metrics.clone(),
+    ));
     tracker.spawn(drive(StaleWorkerSweep(shared), stop, metrics));
 }
 
@@ -113,7 +122,13 @@ impl PeriodicTask for Pruner {
                 break;
             }
         }
-        Ok((total > 0).then(|| format!("pruned {total} finished jobs past retention")))
+        // Webhook deliveries are remembered a week: longer than GitHub offers to redeliver.
+        let deliveries = db::deliveries::prune(&self.0.pool, DELIVERY_RETENTION, BATCH)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((total + deliveries > 0).then(|| {
+            format!("pruned {total} finished jobs past retention and {deliveries} webhook deliveries older than 7 days")
+        }))
     }
 }
 
@@ -138,5 +153,47 @@ impl PeriodicTask for StaleWorkerSweep {
             .await
             .map_err(|e| e.to_string())?;
         Ok((!gone.is_empty()).then(|| format!("removed stale worker rows: {}", gone.join(", "))))
+    }
+}
+
+/// Repositories not indexed within `LETTUCE_REINDEX_INTERVAL` (whose webhook is `manual`, or
+/// whose deliveries were missed) get a default-branch `repo.index`: once per cluster per pass
+/// (a maintenance turn), never one per replica, and never a second waiting one per repository
+/// (coalesced).
+pub(crate) struct Reindexer(Arc<Shared>);
+
+/// Repositories one pass enqueues at most; the rest wait for the next pass.
+const REINDEX_BATCH: i64 = 100;
+
+impl PeriodicTask for Reindexer {
+    fn name(&self) -> &'static str {
+        "reindexer"
+    }
+    fn interval(&self) -> Duration {
+        (self.0.config.reindex_interval / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))
+    }
+    async fn activate(&mut self) -> Result<Option<String>, String> {
+        let every = self.interval().mul_f64(0.8);
+        if !db::jobs::take_turn(&self.0.pool, "reindexer", every, &self.0.worker.id)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            return Ok(None);
+        }
+        let client = self.0.pool.get().await.map_err(|e| e.to_string())?;
+        let due = db::repositories::enqueue_due_reindexes(
+            &**client,
+            self.0.config.reindex_interval,
+            REINDEX_BATCH,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok((!due.is_empty()).then(|| {
+            format!(
+                "scheduled reindex: {} repositories not indexed within {:?} have a repo.index waiting",
+                due.len(),
+                self.0.config.reindex_interval
+            )
+        }))
     }
 }
