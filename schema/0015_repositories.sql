@@ -21,6 +21,10 @@ CREATE TABLE IF NOT EXISTS lettuce.repositories (
     webhook_status       text        NOT NULL DEFAULT 'pending'
                          CHECK (webhook_status IN ('pending', 'active', 'manual', 'failed')),
     webhook_error        text        CHECK (octet_length(webhook_error) <= 2048),
+    -- The hook `repo.webhook.ensure` made, and a SHA-256 of the secret it set (never the
+    -- secret): a changed LETTUCE_WEBHOOK_SECRET updates the hook.
+    webhook_id           bigint      CHECK (webhook_id > 0),
+    webhook_secret_sha256 text       CHECK (webhook_secret_sha256 ~ '^[0-9a-f]{64}$'),
     created_at           timestamptz NOT NULL DEFAULT now(),
     updated_at           timestamptz NOT NULL DEFAULT now(),
     UNIQUE (provider, host, full_name)

@@ -49,6 +49,9 @@ pub const VARIABLES: &[&str] = &[
     "GITHUB_API_URL",
     "GITHUB_SERVER_URL",
     "GITLAB_HOST",
+    "GITLAB_TOKEN",
+    "LETTUCE_WEB_URL",
+    "LETTUCE_WEBHOOK_SECRET",
     "CODEWAZE_S3_BUCKET",
     "CODEWAZE_S3_ENDPOINT",
     "CODEWAZE_S3_REGION",
@@ -88,6 +91,8 @@ pub const SECRET_VARIABLES: &[&str] = &[
     "GITHUB_APP_PRIVATE_KEY",
     "GITHUB_APP_CLIENT_SECRET",
     "CODEWAZE_S3_SECRET_ACCESS_KEY",
+    "GITLAB_TOKEN",
+    "LETTUCE_WEBHOOK_SECRET",
     "VAULT_TOKEN",
 ];
 
@@ -187,6 +192,17 @@ pub struct GithubAppVars {
     /// `GITHUB_SERVER_URL`: the web and clone base, overriding what `GITHUB_HOST` implies.
     pub server_url: Option<String>,
     pub gitlab_host: Option<String>,
+    /// `GITLAB_TOKEN`: a group or project access token (`read_repository`, `api`).
+    pub gitlab_token: Option<Secret<String>>,
+}
+
+/// Where per-repository webhooks point, and what they are signed with.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookVars {
+    /// `LETTUCE_WEB_URL`: the instance's public HTTPS URL, without a trailing `/`.
+    pub web_url: Option<String>,
+    /// `LETTUCE_WEBHOOK_SECRET`: what GitHub/GitLab sign deliveries with.
+    pub secret: Option<Secret<String>>,
 }
 
 /// Vault connection for `LETTUCE_SECRET_STORE=vault`.
@@ -214,6 +230,7 @@ pub struct Config {
     pub telemetry_deprecated_alias_used: bool,
     pub telemetry_url: String,
     pub github: GithubAppVars,
+    pub webhooks: WebhookVars,
     pub s3: Option<S3Config>,
     pub data_dir: PathBuf,
     pub queues: Vec<QueueConfig>,
@@ -521,6 +538,11 @@ impl Config {
                 api_url: p.optional_url("GITHUB_API_URL"),
                 server_url: p.optional_url("GITHUB_SERVER_URL"),
                 gitlab_host: p.optional("GITLAB_HOST"),
+                gitlab_token: p.optional("GITLAB_TOKEN").map(Secret::new),
+            },
+            webhooks: WebhookVars {
+                web_url: p.optional_url("LETTUCE_WEB_URL"),
+                secret: p.optional("LETTUCE_WEBHOOK_SECRET").map(Secret::new),
             },
             s3,
             data_dir: PathBuf::from(p.string("CODEWAZE_DATA_DIR")),

@@ -550,3 +550,169 @@ async fn the_scheduled_reindex_enqueues_once_for_three_replicas() {
         assert_eq!(w.wait_exit(Duration::from_secs(20)).await, Some(0));
     }
 }
+
+/// `repo.webhook.ensure` through the real binary against the fake GitHub (issue 15): the hook
+/// is created once across re-runs, updated when the secret changes, a 403 for want of the
+/// Webhooks permission completes the job as `manual` naming it (no retry loop), a rate limit
+/// snoozes without using an attempt, an uninstalled App is permanent (`failed`), a missing
+/// `LETTUCE_WEB_URL` is named; no secret or token reaches the worker's output.
+#[tokio::test(flavor = "multi_thread")]
+async fn repo_webhook_ensure_creates_once_updates_on_a_new_secret_and_falls_back_to_manual() {
+    use std::time::Duration;
+    use xtests::fake_github::{AppKey, FakeGithub, Fault};
+    const APP_ID: u64 = 515151;
+    let key = AppKey::generate();
+    let fake = FakeGithub::start(APP_ID, &key, false).await;
+    fake.add_installation(7, "acme");
+    fake.add_repo(7, "acme/app", "main");
+    fake.add_repo(7, "acme/locked", "main");
+    let (db, mut env) = applied().await;
+    for (k, v) in [
+        ("GITHUB_APP_ID", APP_ID.to_string()),
+        ("GITHUB_APP_NAME", "lettuce-test".into()),
+        ("GITHUB_APP_PRIVATE_KEY", key.base64_pem()),
+        ("GITHUB_APP_CLIENT_ID", "Iv1.0123456789abcdef".into()),
+        ("GITHUB_APP_CLIENT_SECRET", "ghcs-client-secret".into()),
+        ("GITHUB_API_URL", fake.api_url()),
+        ("GITHUB_SERVER_URL", fake.base.clone()),
+        ("LETTUCE_WEB_URL", "https://lettuce.acme.test/".into()),
+        ("LETTUCE_WEBHOOK_SECRET", "first-webhook-secret".into()),
+        ("RUST_LOG", "info,lettuce_worker=debug".into()),
+    ] {
+        env.insert(k.into(), v);
+    }
+    let client = db.client().await;
+    let ensure = |repo: &str, installation: u64| {
+        let client = &client;
+        let payload = serde_json::json!({"provider": "github", "repo": repo, "installation_id": installation, "account_id": 99});
+        async move {
+            let id: i64 = client
+                .query_one(
+                    "SELECT lettuce.enqueue('repo.webhook.ensure', $1)",
+                    &[&payload],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            xtests::wait_final(client, id, Duration::from_secs(30)).await
+        }
+    };
+    let status = |repo: &str| {
+        let client = &client;
+        let repo = repo.to_string();
+        async move {
+            let r = client
+                .query_one(
+                    "SELECT webhook_status, webhook_error, webhook_id FROM lettuce.repositories WHERE full_name = $1",
+                    &[&repo],
+                )
+                .await
+                .unwrap();
+            (
+                r.get::<_, String>(0),
+                r.get::<_, Option<String>>(1),
+                r.get::<_, Option<i64>>(2),
+            )
+        }
+    };
+    let mut outputs = Vec::new();
+
+    let mut w = xtests::WorkerProcess::start(&["run"], &env);
+    w.wait_ready(Duration::from_secs(30)).await;
+    assert_eq!(ensure("acme/app", 7).await.0, "completed");
+    let hooks = fake.hooks("acme/app");
+    assert_eq!(hooks.len(), 1, "{hooks:?}");
+    assert_eq!(
+        hooks[0].url,
+        "https://lettuce.acme.test/v1/github/webhook/99"
+    );
+    let mut events = hooks[0].events.clone();
+    events.sort();
+    assert_eq!(events, ["issues", "pull_request", "push"]);
+    assert_eq!(
+        (hooks[0].secret.as_str(), hooks[0].content_type.as_str()),
+        ("first-webhook-secret", "json")
+    );
+    assert_eq!(
+        status("acme/app").await,
+        ("active".into(), None, Some(hooks[0].id as i64))
+    );
+    // Again: nothing to change, no write.
+    assert_eq!(ensure("acme/app", 7).await.0, "completed");
+    assert_eq!(fake.hooks("acme/app").len(), 1);
+    assert_eq!(fake.count("POST /repos/{o}/{r}/hooks"), 1);
+    assert_eq!(fake.count("PATCH /repos/{o}/{r}/hooks/{id}"), 0);
+    // 403 for want of the permission: completed, `manual`, naming it.
+    fake.fail_next(
+        "POST /repos/{o}/{r}/hooks",
+        Fault::Forbidden {
+            accepted_permissions: "admin:repo_hook".into(),
+        },
+        1,
+    );
+    assert_eq!(ensure("acme/locked", 7).await.0, "completed");
+    let (st, err, _) = status("acme/locked").await;
+    assert_eq!(st, "manual");
+    assert!(
+        err.as_deref().unwrap_or_default().contains("permission"),
+        "{err:?}"
+    );
+    // A rate limit snoozes: the job ends completed on its first attempt.
+    let reset = time::OffsetDateTime::now_utc().unix_timestamp() + 2;
+    fake.fail_next(
+        "GET /repos/{o}/{r}/hooks",
+        Fault::PrimaryRateLimit { reset },
+        1,
+    );
+    let (state, attempt, _) = ensure("acme/app", 7).await;
+    assert_eq!(
+        (state.as_str(), attempt),
+        ("completed", 1),
+        "snoozed without an attempt"
+    );
+    // Uninstalled App: permanent, `failed`, naming the installation.
+    let (state, _, errors) = ensure("acme/other", 8).await;
+    assert_eq!(state, "discarded");
+    assert!(errors.to_string().contains("installation 8"), "{errors}");
+    assert_eq!(status("acme/other").await.0, "failed");
+    w.signal(libc::SIGTERM);
+    assert_eq!(w.wait_exit(Duration::from_secs(20)).await, Some(0));
+    outputs.extend(w.output());
+
+    // A new secret: the hook is updated in place, not duplicated.
+    env.insert(
+        "LETTUCE_WEBHOOK_SECRET".into(),
+        "second-webhook-secret".into(),
+    );
+    let mut w = xtests::WorkerProcess::start(&["run"], &env);
+    w.wait_ready(Duration::from_secs(30)).await;
+    assert_eq!(ensure("acme/app", 7).await.0, "completed");
+    let hooks = fake.hooks("acme/app");
+    assert_eq!(hooks.len(), 1);
+    assert_eq!(hooks[0].secret, "second-webhook-secret");
+    assert_eq!(fake.count("PATCH /repos/{o}/{r}/hooks/{id}"), 1);
+    w.signal(libc::SIGTERM);
+    assert_eq!(w.wait_exit(Duration::from_secs(20)).await, Some(0));
+    outputs.extend(w.output());
+
+    // No LETTUCE_WEB_URL: permanent, naming it.
+    env.remove("LETTUCE_WEB_URL");
+    let mut w = xtests::WorkerProcess::start(&["run"], &env);
+    w.wait_ready(Duration::from_secs(30)).await;
+    let (state, _, errors) = ensure("acme/app", 7).await;
+    assert_eq!(state, "discarded");
+    assert!(errors.to_string().contains("LETTUCE_WEB_URL"), "{errors}");
+    w.signal(libc::SIGTERM);
+    assert_eq!(w.wait_exit(Duration::from_secs(20)).await, Some(0));
+    outputs.extend(w.output());
+
+    let all = outputs.join("\n");
+    for secret in ["first-webhook-secret", "second-webhook-secret"] {
+        assert!(!all.contains(secret), "{secret} reached the log");
+    }
+    for s in fake.secrets_seen() {
+        for part in s.split('.').filter(|p| p.len() >= 20) {
+            assert!(!all.contains(part), "a credential reached the log");
+        }
+    }
+}

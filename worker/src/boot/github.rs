@@ -93,6 +93,9 @@ pub enum GithubError {
     BadAppId(String),
     #[error("GitHubAppInvalid: GITHUB_APP_PRIVATE_KEY ({}) is not a parseable RSA private key: {reason}", .form.describe())]
     BadPrivateKey { form: KeyForm, reason: String },
+    /// The App variables passed the gate but the client cannot be built from them.
+    #[error("GitHubAppInvalid: {0}")]
+    Client(String),
 }
 
 /// The gate: a pure function of the GitHub variables (blank counts as unset; the config loader

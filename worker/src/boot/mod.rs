@@ -130,6 +130,27 @@ pub fn heartbeat_config(gates: &Gates) -> Option<HeartbeatConfig> {
     })
 }
 
+/// The providers repository jobs use, built once (no network call): the GitHub App client
+/// when gate 3 found an App.
+pub fn providers_for(
+    config: &Config,
+    gates: &Gates,
+    metrics: &crate::metrics::Metrics,
+) -> Result<crate::handlers::Providers, BootError> {
+    use crate::providers::{Provider, github as client};
+    let mut providers = crate::handlers::Providers {
+        gitlab_host: config.github.gitlab_host.clone(),
+        ..Default::default()
+    };
+    if gates.github.app().is_ok() {
+        let client = client::GithubSettings::from_config(config)
+            .and_then(|s| client::GithubClient::new(&s, metrics.rate_limit_counter()))
+            .map_err(|e| BootError::GitHub(self::github::GithubError::Client(e.to_string())))?;
+        providers.github = Some(Arc::new(Provider::Github(client)));
+    }
+    Ok(providers)
+}
+
 /// Builds the artifact store (no network call) and logs where artifacts go; warns when a
 /// self-hosted install keeps them on the local disk.
 pub fn artifact_store(config: &Config) -> Result<Arc<ArtifactStore>, BootError> {
@@ -199,7 +220,12 @@ pub async fn run(
     health.set_pool(probes.clone());
     metrics.set_pool(probes);
     let artifacts = artifact_store(&config)?;
-    let services = Arc::new(Services::new(pool.clone(), artifacts).with_gates(&gates));
+    let providers = providers_for(&config, &gates, &metrics)?;
+    let services = Arc::new(
+        Services::new(pool.clone(), artifacts)
+            .with_gates(&gates)
+            .with_providers(providers, config.webhooks.clone()),
+    );
     runtime::run(
         config,
         Deps {

@@ -474,6 +474,9 @@ fn github_check(
                 github::GithubError::BadPrivateKey { .. } => {
                     "paste the App's .pem as is, with literal \\n, or base64-encoded"
                 }
+                github::GithubError::Client(_) => {
+                    "check GITHUB_APP_PRIVATE_KEY (an RSA key GitHub issued) and GITHUB_API_URL"
+                }
             };
             hinted("github.app", Level::Fail, e.to_string(), hint)
         }

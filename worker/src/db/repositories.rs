@@ -111,6 +111,73 @@ pub async fn upsert(
     Ok(from_row(&row))
 }
 
+/// Records a repository for `repo.webhook.ensure`: inserts it (or refreshes its installation)
+/// and returns its row, whether it is new, and how many repositories the instance keeps then.
+/// A new row beyond `cap` is not kept (the caller reports the license limit).
+pub async fn upsert_within(
+    client: &mut tokio_postgres::Client,
+    provider: ProviderKind,
+    host: &str,
+    full_name: &str,
+    installation_id: Option<i64>,
+    cap: Option<u64>,
+) -> Result<Result<Repository, i64>, DbError> {
+    let tx = client.transaction().await?;
+    if cap.is_some() {
+        // Serialise new rows against the cap across replicas (taken before any write, so two
+        // callers queue here instead of deadlocking).
+        tx.execute(
+            "LOCK TABLE lettuce.repositories IN SHARE ROW EXCLUSIVE MODE",
+            &[],
+        )
+        .await?;
+    }
+    let existed = find(&tx, provider, host, full_name).await?.is_some();
+    let row = upsert(&tx, provider, host, full_name, installation_id).await?;
+    if !existed && let Some(cap) = cap {
+        let n = count(&tx).await?;
+        if n as u64 > cap {
+            tx.rollback().await?;
+            return Ok(Err(n));
+        }
+    }
+    tx.commit().await?;
+    Ok(Ok(row))
+}
+
+/// The hook recorded for a repository: `(webhook_id, webhook_secret_sha256)`.
+pub async fn webhook_record(
+    client: &impl GenericClient,
+    id: i64,
+) -> Result<(Option<i64>, Option<String>), DbError> {
+    let row = client
+        .query_one(
+            "SELECT webhook_id, webhook_secret_sha256 FROM lettuce.repositories WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// Marks a repository's webhook `active`, recording the hook and the secret's digest.
+pub async fn set_webhook_active(
+    client: &impl GenericClient,
+    id: i64,
+    webhook_id: i64,
+    secret_sha256: &str,
+) -> Result<(), DbError> {
+    client
+        .execute(
+            "UPDATE lettuce.repositories
+                SET webhook_status = 'active', webhook_error = NULL, webhook_id = $2,
+                    webhook_secret_sha256 = $3, updated_at = now()
+              WHERE id = $1",
+            &[&id, &webhook_id, &secret_sha256],
+        )
+        .await?;
+    Ok(())
+}
+
 /// The longest `webhook_error` stored (the schema's CHECK).
 const MAX_WEBHOOK_ERROR_BYTES: usize = 2048;
 

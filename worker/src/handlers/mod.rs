@@ -7,6 +7,7 @@
 pub mod diag;
 pub mod diag_gates;
 pub mod github_event;
+pub mod repo_webhook;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -70,6 +71,19 @@ pub struct Services {
     pub entitlements: Entitlements,
     /// Gate 3's outcome; GitHub-dependent handlers call [`JobContext::github_app`].
     pub github: GithubStatus,
+    /// The providers this instance can reach (built once at boot; each holds its token cache).
+    providers: Providers,
+    /// Where per-repository webhooks point and what they are signed with.
+    webhooks: crate::config::WebhookVars,
+}
+
+/// The configured providers, by kind.
+#[derive(Default, Clone)]
+pub struct Providers {
+    pub github: Option<Arc<crate::providers::Provider>>,
+    pub gitlab: Option<Arc<crate::providers::Provider>>,
+    /// The GitLab host repositories are recorded under.
+    pub gitlab_host: Option<String>,
 }
 
 impl Services {
@@ -83,7 +97,20 @@ impl Services {
             telemetry: crate::boot::telemetry::decide(false, false, None, String::new(), false),
             entitlements: Entitlements::unlimited(),
             github: GithubStatus::NotConfigured { gitlab_host: None },
+            providers: Providers::default(),
+            webhooks: crate::config::WebhookVars::default(),
         }
+    }
+
+    /// Takes the providers built at boot and the webhook settings.
+    pub fn with_providers(
+        mut self,
+        providers: Providers,
+        webhooks: crate::config::WebhookVars,
+    ) -> Self {
+        self.providers = providers;
+        self.webhooks = webhooks;
+        self
     }
 
     /// Takes the outcomes of boot gates 2–4.
@@ -201,6 +228,120 @@ impl JobContext {
     ) -> Result<crate::db::deliveries::Delivery, HandlerError> {
         crate::db::deliveries::record(&self.services.pool, delivery_id, event, index)
             .await
+            .map_err(|e| HandlerError::Retryable(e.to_string()))
+    }
+
+    /// The provider for `kind`, or the permanent error saying it is not configured.
+    pub fn provider(
+        &self,
+        kind: crate::providers::ProviderKind,
+    ) -> Result<&crate::providers::Provider, HandlerError> {
+        use crate::providers::ProviderKind;
+        let found = match kind {
+            ProviderKind::Github => self.services.providers.github.as_deref(),
+            ProviderKind::Gitlab => self.services.providers.gitlab.as_deref(),
+        };
+        found.ok_or_else(|| {
+            HandlerError::Permanent(match kind {
+                ProviderKind::Github => crate::boot::github::NOT_CONFIGURED.to_string(),
+                ProviderKind::Gitlab => "GitLab is not configured on this Lettuce instance: set GITLAB_HOST and GITLAB_TOKEN".to_string(),
+            })
+        })
+    }
+
+    /// The host repositories of `kind` are recorded under.
+    pub fn provider_host(&self, kind: crate::providers::ProviderKind) -> String {
+        match kind {
+            crate::providers::ProviderKind::Github => self.github_host(),
+            crate::providers::ProviderKind::Gitlab => self
+                .services
+                .providers
+                .gitlab_host
+                .clone()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// `LETTUCE_WEB_URL` and `LETTUCE_WEBHOOK_SECRET`.
+    pub fn webhook_settings(&self) -> &crate::config::WebhookVars {
+        &self.services.webhooks
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, HandlerError> {
+        self.services
+            .pool
+            .get()
+            .await
+            .map_err(|e| HandlerError::Retryable(crate::db::DbError::from(e).to_string()))
+    }
+
+    /// Records the repository (provider, host, name) this job is about, within the license's
+    /// `repos` cap: a new repository beyond it fails with `License limit reached: …`.
+    pub async fn record_repository(
+        &self,
+        kind: crate::providers::ProviderKind,
+        host: &str,
+        full_name: &str,
+        installation_id: Option<i64>,
+    ) -> Result<crate::db::repositories::Repository, HandlerError> {
+        let mut client = self.client().await?;
+        let cap = self.services.entitlements.repos.map(u64::from);
+        let recorded = crate::db::repositories::upsert_within(
+            &mut client,
+            kind,
+            host,
+            full_name,
+            installation_id,
+            cap,
+        )
+        .await
+        .map_err(|e| HandlerError::Retryable(e.to_string()))?;
+        match recorded {
+            Ok(row) => Ok(row),
+            Err(n) => {
+                self.require_repos(n as u64).await?;
+                Err(HandlerError::Permanent(format!(
+                    "License limit reached: {n} repositories needed"
+                )))
+            }
+        }
+    }
+
+    /// The hook recorded for repository `id`: `(webhook_id, webhook_secret_sha256)`.
+    pub async fn webhook_record(
+        &self,
+        id: i64,
+    ) -> Result<(Option<i64>, Option<String>), HandlerError> {
+        let client = self.client().await?;
+        crate::db::repositories::webhook_record(&**client, id)
+            .await
+            .map_err(|e| HandlerError::Retryable(e.to_string()))
+    }
+
+    /// Marks repository `id`'s webhook `active` with the hook and the secret's digest.
+    pub async fn set_webhook_active(
+        &self,
+        id: i64,
+        webhook_id: i64,
+        secret_sha256: &str,
+    ) -> Result<(), HandlerError> {
+        let client = self.client().await?;
+        crate::db::repositories::set_webhook_active(&**client, id, webhook_id, secret_sha256)
+            .await
+            .map_err(|e| HandlerError::Retryable(e.to_string()))
+    }
+
+    /// Sets repository `id`'s webhook status (`manual`, `failed`, …) and its last error.
+    pub async fn set_webhook_status(
+        &self,
+        id: i64,
+        status: &str,
+        error: Option<&str>,
+    ) -> Result<(), HandlerError> {
+        let client = self.client().await?;
+        crate::db::repositories::set_webhook_status(&**client, id, status, error)
+            .await
+            .map(|_| ())
             .map_err(|e| HandlerError::Retryable(e.to_string()))
     }
 
@@ -332,7 +473,8 @@ impl Registry {
 pub fn registry_for(config: &crate::config::Config) -> Registry {
     let mut r = Registry::new();
     // The kinds of the worker's own work (README "Job kinds"), in every `worker run`.
-    r.register(github_event::GithubEvent);
+    r.register(github_event::GithubEvent)
+        .register(repo_webhook::RepoWebhookEnsure);
     if config.diag_jobs {
         diag::register(&mut r);
         diag_gates::register(&mut r);
