@@ -919,3 +919,103 @@ async fn unknown_propagator_or_compression_is_refused_by_name() {
         }
     }
 }
+
+/// Issue 15: every provider request is an HTTP client span under the job span that made it,
+/// with the URL but never a credential. `repo.webhook.ensure` through the binary against the
+/// fake GitHub, traces exported to the test receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_requests_are_client_spans_under_the_job_span() {
+    use xtests::fake_github::{AppKey, FakeGithub};
+    const APP_ID: u64 = 616161;
+    let key = AppKey::generate();
+    let fake = FakeGithub::start(APP_ID, &key, false).await;
+    fake.add_installation(7, "acme");
+    fake.add_repo(7, "acme/app", "main");
+    let (addr, received) = otlp_receiver().await;
+    let db = TestDb::new().await;
+    let mut env = db.env();
+    for (k, v) in [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
+        ("OTEL_BSP_SCHEDULE_DELAY", "600000".into()),
+        ("GITHUB_APP_ID", APP_ID.to_string()),
+        ("GITHUB_APP_NAME", "lettuce-test".into()),
+        ("GITHUB_APP_PRIVATE_KEY", key.base64_pem()),
+        ("GITHUB_APP_CLIENT_ID", "Iv1.0123456789abcdef".into()),
+        ("GITHUB_APP_CLIENT_SECRET", "ghcs-client-secret".into()),
+        ("GITHUB_API_URL", fake.api_url()),
+        ("GITHUB_SERVER_URL", fake.base.clone()),
+        ("LETTUCE_WEB_URL", "https://lettuce.acme.test".into()),
+        ("LETTUCE_WEBHOOK_SECRET", "span-test-secret".into()),
+    ] {
+        env.insert(k.into(), v);
+    }
+    let mut worker = WorkerProcess::start(&["run"], &env);
+    worker.wait_ready(Duration::from_secs(30)).await;
+    let client = db.client().await;
+    let id: i64 = client
+        .query_one(
+            "SELECT lettuce.enqueue('repo.webhook.ensure', '{\"provider\": \"github\", \"repo\": \"acme/app\", \"installation_id\": 7, \"account_id\": 99}')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let (state, _, errors) = wait_final(&client, id, Duration::from_secs(30)).await;
+    assert_eq!(state, "completed", "{errors}");
+    worker.signal(libc::SIGTERM);
+    assert_eq!(worker.wait_exit(Duration::from_secs(30)).await, Some(0));
+
+    let requests = received.lock().unwrap().clone();
+    let all = exported(&requests);
+    let spans: Vec<&PSpan> = all.iter().map(|(_, s)| s).collect();
+    let job = spans
+        .iter()
+        .find(|s| s.name == "job.repo.webhook.ensure")
+        .unwrap_or_else(|| {
+            panic!(
+                "no job span among {:?}",
+                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+            )
+        });
+    let http: Vec<&&PSpan> = spans
+        .iter()
+        .filter(|s| {
+            s.trace_id == job.trace_id && find_attr(&s.attributes, "http.request.method").is_some()
+        })
+        .collect();
+    let urls: Vec<String> = http
+        .iter()
+        .filter_map(|s| match find_attr(&s.attributes, "url.full") {
+            Some(any_value::Value::StringValue(u)) => Some(u),
+            _ => None,
+        })
+        .collect();
+    for want in [
+        "/app/installations/7/access_tokens",
+        "/repos/acme/app",
+        "/repos/acme/app/hooks",
+    ] {
+        assert!(
+            urls.iter().any(|u| u.ends_with(want)),
+            "no request to {want} under the job: {urls:?}"
+        );
+    }
+    for span in &http {
+        assert_eq!(
+            span.parent_span_id, job.span_id,
+            "{} is a child of the job span",
+            span.name
+        );
+        assert_eq!(span.kind, 3, "client kind");
+    }
+    let text = format!("{requests:?}");
+    assert!(
+        !text.contains("span-test-secret"),
+        "the webhook secret reached a span"
+    );
+    for s in fake.secrets_seen() {
+        for part in s.split('.').filter(|p| p.len() >= 20) {
+            assert!(!text.contains(part), "a credential reached a span");
+        }
+    }
+}
