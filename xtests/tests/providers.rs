@@ -132,11 +132,12 @@ async fn a_401_on_a_cached_token_refreshes_once_and_a_second_401_is_permanent() 
     let err = client.list_hooks(&app()).await.unwrap_err();
     assert!(
         matches!(
-            err,
+            &err,
             ProviderError::BadCredentials {
-                credential: "installation token",
-                app_id: APP_ID
-            }
+                provider: "GitHub",
+                credential: "fresh installation token",
+                hint,
+            } if hint.contains("GITHUB_APP_ID=424242")
         ),
         "{err:?}"
     );
@@ -439,10 +440,12 @@ async fn every_key_form_signs_a_jwt_the_fake_accepts_and_a_wrong_key_is_named() 
         assert_eq!(
             err,
             ProviderError::BadCredentials {
-                credential: "App JWT",
-                app_id: APP_ID
+                provider: "GitHub",
+                credential: "fresh App JWT",
+                hint: lettuce_worker::providers::github::bad_key_hint(APP_ID),
             }
         );
+        assert!(err.to_string().contains("GITHUB_APP_ID=424242"), "{err}");
         assert_no_secret(&fake, &format!("{err} {err:?}"));
     }
 }

@@ -297,7 +297,22 @@ fn repo_path(repo: &RepoRef) -> Result<&str, ProviderError> {
     Ok(&repo.path)
 }
 
+/// What a 401 on a fresh GitHub credential means.
+pub fn bad_key_hint(app_id: u64) -> String {
+    format!(
+        "GITHUB_APP_PRIVATE_KEY does not belong to the App GITHUB_APP_ID={app_id}, or the key was revoked"
+    )
+}
+
 impl GithubClient {
+    fn bad_credentials(&self, credential: &'static str) -> ProviderError {
+        ProviderError::BadCredentials {
+            provider: "GitHub",
+            credential,
+            hint: bad_key_hint(self.app_id),
+        }
+    }
+
     /// A client for `settings`; counts rate-limited answers into `rate_limited`.
     pub fn new(
         settings: &GithubSettings,
@@ -475,10 +490,7 @@ impl GithubClient {
             )
             .await?;
         if answer.status == StatusCode::UNAUTHORIZED {
-            return Err(ProviderError::BadCredentials {
-                credential: "App JWT",
-                app_id: self.app_id,
-            });
+            return Err(self.bad_credentials("fresh App JWT"));
         }
         let answer = self.verdict(
             answer,
@@ -560,10 +572,7 @@ impl GithubClient {
             let answer = self.send(method.clone(), &url_path, &token, body).await?;
             if answer.status == StatusCode::UNAUTHORIZED {
                 if fresh || retried {
-                    return Err(ProviderError::BadCredentials {
-                        credential: "installation token",
-                        app_id: self.app_id,
-                    });
+                    return Err(self.bad_credentials("fresh installation token"));
                 }
                 tracing::info!(
                     installation_id,
@@ -685,10 +694,7 @@ impl GithubClient {
         let not_found = || ProviderError::Rejected("GitHub answered 404 to GET /app".into());
         let answer = self.send(Method::GET, "/app", &jwt, None).await?;
         if answer.status == StatusCode::UNAUTHORIZED {
-            return Err(ProviderError::BadCredentials {
-                credential: "App JWT",
-                app_id: self.app_id,
-            });
+            return Err(self.bad_credentials("fresh App JWT"));
         }
         let app: AppBody = self
             .verdict(answer, "GET /app", not_found, "none")?

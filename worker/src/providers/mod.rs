@@ -3,16 +3,18 @@
 //! [`Provider`] for what it needs (an access token and clone URL, metadata, the repository's
 //! hooks), and turns a [`ProviderError`] into a [`HandlerError`] with `?`.
 //!
-//! **Enum dispatch, not a trait object.** There are exactly two implementations to come (GitHub
-//! here, GitLab next), both known at compile time; their operations are `async fn`s, which a
-//! `dyn` trait could only offer through boxed futures. An enum keeps static dispatch, lets each
-//! client keep its own inherent methods (the GitHub App's check-config probe has no GitLab
-//! twin), and makes adding GitLab a compile error at every `match` that must learn about it.
+//! **Enum dispatch, not a trait object.** There are exactly two implementations (`github`, the
+//! GitHub App; `gitlab`, an access token), both known at compile time; their operations are
+//! `async fn`s, which a `dyn` trait could only offer through boxed futures. An enum keeps static
+//! dispatch, lets each client keep its own inherent methods (each has its own check-config
+//! probe: `probe_app`, `probe_user`), and makes a new provider a compile error at every `match`
+//! that must learn about it.
 //!
 //! Secrets: access tokens are [`Secret`]s end to end; no error text, span or `Debug` output
 //! carries one, and clone URLs carry no credentials (git gets the token separately).
 
 pub mod github;
+pub mod gitlab;
 
 use std::time::Duration;
 
@@ -96,6 +98,15 @@ impl RepoRef {
             installation_id: Some(installation_id),
         }
     }
+
+    /// A project on the configured GitLab (`group/…/project`).
+    pub fn gitlab(path: impl Into<String>) -> RepoRef {
+        RepoRef {
+            provider: ProviderKind::Gitlab,
+            path: path.into(),
+            installation_id: None,
+        }
+    }
 }
 
 /// What git needs to fetch a repository. The URL has no credentials in it.
@@ -156,19 +167,25 @@ pub enum ProviderError {
     InstallationMissing { installation_id: u64 },
     /// The repository does not exist or the installation cannot see it.
     #[error(
-        "repository {repo} not found: it was deleted or renamed, or the App installation does not include it"
+        "repository {repo} not found: it was deleted or renamed, or the credentials (the GitHub App installation, or GITLAB_TOKEN) cannot see it"
     )]
     RepositoryMissing { repo: String },
-    /// A freshly signed or freshly issued credential was refused (401).
-    #[error(
-        "GitHub refused a fresh {credential} (401): GITHUB_APP_PRIVATE_KEY does not belong to the App GITHUB_APP_ID={app_id}, or the key was revoked"
-    )]
+    /// A credential retrying cannot fix was refused (401): a freshly signed or issued GitHub
+    /// one, or GitLab's configured token. `hint` names the variable to fix.
+    #[error("{provider} refused the {credential} (401): {hint}")]
     BadCredentials {
+        /// `GitHub`, `GitLab`.
+        provider: &'static str,
+        /// `fresh App JWT`, `token in GITLAB_TOKEN`, …
         credential: &'static str,
-        app_id: u64,
+        hint: String,
     },
     /// 403 for want of a permission the App (or token) was not granted.
-    #[error("the {provider} App lacks the `{permission}` permission: {message}")]
+    #[error(
+        "the {} lacks the `{permission}` {}: {message}",
+        permission_holder(provider),
+        permission_noun(provider)
+    )]
     MissingPermission {
         provider: &'static str,
         permission: String,
@@ -177,6 +194,22 @@ pub enum ProviderError {
     /// Any other answer retrying cannot fix (4xx, an unreadable body, bad configuration).
     #[error("{0}")]
     Rejected(String),
+}
+
+/// Who holds permissions on `provider`: the GitHub App, GitLab's token.
+fn permission_holder(provider: &str) -> String {
+    match provider {
+        "GitLab" => "GitLab token (GITLAB_TOKEN)".to_string(),
+        other => format!("{other} App"),
+    }
+}
+
+/// What GitLab calls a permission.
+fn permission_noun(provider: &str) -> &'static str {
+    match provider {
+        "GitLab" => "scope",
+        _ => "permission",
+    }
 }
 
 impl ProviderError {
@@ -207,14 +240,18 @@ impl From<ProviderError> for HandlerError {
 }
 
 /// A configured provider. Build once per process and share (it holds the token cache).
+// Built once per process and shared behind an `Arc`: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Provider {
     Github(github::GithubClient),
+    Gitlab(gitlab::GitlabClient),
 }
 
 impl Provider {
     pub fn kind(&self) -> ProviderKind {
         match self {
             Provider::Github(_) => ProviderKind::Github,
+            Provider::Gitlab(_) => ProviderKind::Gitlab,
         }
     }
 
@@ -222,18 +259,21 @@ impl Provider {
     pub async fn access(&self, repo: &RepoRef) -> Result<RepoAccess, ProviderError> {
         match self {
             Provider::Github(c) => c.access(repo).await,
+            Provider::Gitlab(c) => c.access(repo).await,
         }
     }
 
     pub async fn repository(&self, repo: &RepoRef) -> Result<RepoMeta, ProviderError> {
         match self {
             Provider::Github(c) => c.repository(repo).await,
+            Provider::Gitlab(c) => c.repository(repo).await,
         }
     }
 
     pub async fn list_hooks(&self, repo: &RepoRef) -> Result<Vec<Hook>, ProviderError> {
         match self {
             Provider::Github(c) => c.list_hooks(repo).await,
+            Provider::Gitlab(c) => c.list_hooks(repo).await,
         }
     }
 
@@ -244,6 +284,7 @@ impl Provider {
     ) -> Result<Hook, ProviderError> {
         match self {
             Provider::Github(c) => c.create_hook(repo, spec).await,
+            Provider::Gitlab(c) => c.create_hook(repo, spec).await,
         }
     }
 
@@ -255,6 +296,7 @@ impl Provider {
     ) -> Result<Hook, ProviderError> {
         match self {
             Provider::Github(c) => c.update_hook(repo, hook_id, spec).await,
+            Provider::Gitlab(c) => c.update_hook(repo, hook_id, spec).await,
         }
     }
 }
@@ -323,8 +365,9 @@ mod tests {
         };
         assert!(m.contains("acme/gone"), "{m}");
         let HandlerError::Permanent(m) = HandlerError::from(ProviderError::BadCredentials {
-            credential: "App JWT",
-            app_id: 42,
+            provider: "GitHub",
+            credential: "fresh App JWT",
+            hint: github::bad_key_hint(42),
         }) else {
             panic!()
         };
@@ -339,6 +382,19 @@ mod tests {
         }) else {
             panic!()
         };
-        assert!(m.contains("Webhooks: Read & write"), "{m}");
+        assert!(
+            m.contains("GitHub App lacks the `Webhooks: Read & write` permission"),
+            "{m}"
+        );
+        let m = ProviderError::MissingPermission {
+            provider: "GitLab",
+            permission: "api".into(),
+            message: "insufficient_scope".into(),
+        }
+        .to_string();
+        assert!(
+            m.contains("GitLab token (GITLAB_TOKEN) lacks the `api` scope"),
+            "{m}"
+        );
     }
 }
