@@ -686,6 +686,8 @@ async fn check_config_passes_on_a_good_setup_and_reports_every_check() {
             "db.privileges",
             "schema",
             "artifacts",
+            "git",
+            "scratch",
             "telemetry.receiver",
             "otlp"
         ]

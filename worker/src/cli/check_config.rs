@@ -11,12 +11,15 @@
 //! | `license.expiry` | not expired; WARN under 14 days | |
 //! | `github.app` | none or all five variables; id numeric; RSA key parses | |
 //! | `github.api` | only when the App is configured: `GET /app` accepts the App JWT (the slug), installations it sees | yes |
+//! | `gitlab.api` | only when `GITLAB_HOST` and `GITLAB_TOKEN` are set: `GET /api/v4/user` accepts the token (the user) | yes |
 //! | `telemetry` | the resolved decision; WARN on a contradiction or the deprecated alias | |
 //! | `db.connect` | one connection within min(`LETTUCE_DB_CONNECT_TIMEOUT_MS`, 5 s) | yes |
 //! | `db.version` | server 15 or newer | yes |
 //! | `db.privileges` | CREATE on schema `lettuce`, or on the database before it exists | yes |
 //! | `schema` | the stored digest against this binary's list | yes |
 //! | `artifacts` | write, read back and delete a probe object | S3 only |
+//! | `git` | `git --version` answers (WARN only) | |
+//! | `scratch` | `CODEWAZE_DATA_DIR` is writable; its free space (WARN under 1 GiB) | |
 //! | `telemetry.receiver` | `LETTUCE_TELEMETRY_URL` answers (WARN only) | yes |
 //! | `otlp` | the OTLP endpoint accepts a TCP connection (WARN only) | yes |
 //!
@@ -34,6 +37,8 @@ use crate::boot::{github, license, telemetry};
 use crate::config::{Config, Env, RawConfig};
 use crate::db;
 use crate::secrets::error_chain;
+
+mod probes;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -270,6 +275,9 @@ pub async fn report(env: &Env, offline: bool, now: OffsetDateTime) -> Vec<Check>
     {
         out.push(github_api_check(&config).await);
     }
+    if !offline && probes::gitlab_configured(&config) {
+        out.push(probes::gitlab_api_check(&config).await);
+    }
 
     // Gate 4: telemetry resolution.
     let decision = telemetry::resolve(&config, claims.as_ref());
@@ -293,6 +301,8 @@ pub async fn report(env: &Env, offline: bool, now: OffsetDateTime) -> Vec<Check>
     // Gates 5–6 as live probes.
     out.extend(database_checks(&config, offline).await);
     out.push(artifact_check(&config, offline).await);
+    out.push(probes::git_check().await);
+    out.push(probes::scratch_check(&config));
     out.push(receiver_check(&config, &decision, offline).await);
     out.push(otlp_check(env, offline).await);
     out
