@@ -5,6 +5,7 @@
 //! which `scripts/test` sets after making sure a server answers.
 
 pub mod fake_github;
+pub mod fake_gitlab;
 pub mod s3;
 
 use std::collections::HashMap;
