@@ -131,7 +131,7 @@ pub fn heartbeat_config(gates: &Gates) -> Option<HeartbeatConfig> {
 }
 
 /// The providers repository jobs use, built once (no network call): the GitHub App client
-/// when gate 3 found an App.
+/// when gate 3 found an App, the GitLab client when `GITLAB_HOST` and `GITLAB_TOKEN` are set.
 pub fn providers_for(
     config: &Config,
     gates: &Gates,
@@ -147,6 +147,21 @@ pub fn providers_for(
             .and_then(|s| client::GithubClient::new(&s, metrics.rate_limit_counter()))
             .map_err(|e| BootError::GitHub(self::github::GithubError::Client(e.to_string())))?;
         providers.github = Some(Arc::new(Provider::Github(client)));
+    }
+    if config.github.gitlab_host.is_some() && config.github.gitlab_token.is_some() {
+        let client = crate::providers::gitlab::GitlabSettings::from_config(config)
+            .and_then(|s| {
+                crate::providers::gitlab::GitlabClient::new(&s, metrics.rate_limit_counter())
+            })
+            .map_err(|e| {
+                BootError::Config(ConfigError {
+                    vars: vec![crate::config::BadVar {
+                        name: "GITLAB_HOST".into(),
+                        problem: e.to_string(),
+                    }],
+                })
+            })?;
+        providers.gitlab = Some(Arc::new(Provider::Gitlab(client)));
     }
     Ok(providers)
 }
