@@ -29,8 +29,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tracing::Instrument;
 
+use super::http::Answer;
 use super::{Hook, HookSpec, ProviderError, ProviderKind, RepoAccess, RepoMeta, RepoRef};
 use crate::boot::github as gate;
 use crate::config::{Config, Secret};
@@ -159,27 +159,12 @@ impl fmt::Debug for GithubClient {
     }
 }
 
-/// One answer, read whole (GitHub's JSON answers are small).
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    /// GitHub's `message`, or a short note when the body has none.
-    fn message(&self) -> String {
-        serde_json::from_slice::<Value>(&self.body)
-            .ok()
-            .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
-            .unwrap_or_else(|| "no message".to_string())
-    }
-
-    fn json<T: for<'de> Deserialize<'de>>(&self, what: &str) -> Result<T, ProviderError> {
-        serde_json::from_slice(&self.body).map_err(|e| {
-            ProviderError::Rejected(format!("GitHub's answer to {what} does not parse: {e}"))
-        })
-    }
+/// GitHub's `message`, or a short note when the body has none.
+fn message(answer: &Answer) -> String {
+    serde_json::from_slice::<Value>(&answer.body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_else(|| "no message".to_string())
 }
 
 #[derive(Deserialize)]
@@ -230,26 +215,6 @@ struct AppBody {
     slug: String,
     #[serde(default)]
     name: String,
-}
-
-/// An error with its sources and without the URL (which is ours and harmless, but a source's
-/// text is the useful part).
-fn transport_error(method: &Method, url: &str, e: &reqwest::Error) -> ProviderError {
-    let mut text = if e.is_timeout() {
-        "timed out".to_string()
-    } else if e.is_connect() {
-        "could not connect".to_string()
-    } else {
-        "request failed".to_string()
-    };
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    let url = url.split('?').next().unwrap_or(url);
-    ProviderError::Unavailable(format!("GitHub {method} {url}: {text}"))
 }
 
 /// The time a rate-limited answer says to wait until, if it is one: `retry-after` (secondary
@@ -400,32 +365,7 @@ impl GithubClient {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let outcome = async {
-            let response = request.send().await?;
-            let status = response.status();
-            let headers = response.headers().clone();
-            let body = response.bytes().await?.to_vec();
-            Ok::<_, reqwest::Error>(Answer {
-                status,
-                headers,
-                body,
-            })
-        }
-        .instrument(span.clone())
-        .await;
-        match outcome {
-            Ok(answer) => {
-                span.record("http.response.status_code", answer.status.as_u16());
-                if answer.status.is_client_error() || answer.status.is_server_error() {
-                    span.record("otel.status_code", "ERROR");
-                }
-                Ok(answer)
-            }
-            Err(e) => {
-                span.record("otel.status_code", "ERROR");
-                Err(transport_error(&method, &url, &e))
-            }
-        }
+        super::http::send("GitHub", request, &span, &method, &url).await
     }
 
     /// The common verdicts on a non-2xx answer: rate limit, 5xx, 404 (`missing`), 403 (the
@@ -453,7 +393,7 @@ impl GithubClient {
         if status.is_server_error() {
             return Err(ProviderError::Unavailable(format!(
                 "GitHub answered {status} to {what}: {}",
-                answer.message()
+                message(&answer)
             )));
         }
         match status {
@@ -467,12 +407,12 @@ impl GithubClient {
                 Err(ProviderError::MissingPermission {
                     provider: "GitHub",
                     permission: named.map_or_else(|| permission.to_string(), str::to_string),
-                    message: answer.message(),
+                    message: message(&answer),
                 })
             }
             _ => Err(ProviderError::Rejected(format!(
                 "GitHub answered {status} to {what}: {}",
-                answer.message()
+                message(&answer)
             ))),
         }
     }
@@ -761,6 +701,7 @@ mod tests {
             map.insert(*k, HeaderValue::from_str(v).unwrap());
         }
         Answer {
+            provider: "GitHub",
             status: StatusCode::from_u16(status).unwrap(),
             headers: map,
             body: Vec::new(),

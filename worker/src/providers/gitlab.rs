@@ -21,8 +21,8 @@ use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use tracing::Instrument;
 
+use super::http::Answer;
 use super::{Hook, HookSpec, ProviderError, ProviderKind, RepoAccess, RepoMeta, RepoRef};
 use crate::config::{Config, Secret};
 use crate::metrics::RateLimitCounter;
@@ -140,33 +140,18 @@ impl fmt::Debug for GitlabClient {
     }
 }
 
-/// One answer, read whole.
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    /// GitLab's `message` (a string, or an object of field errors), or its OAuth-style
-    /// `error_description` / `error`, or a short note.
-    fn message(&self) -> String {
-        let Ok(v) = serde_json::from_slice::<Value>(&self.body) else {
-            return "no message".to_string();
-        };
-        match (v.get("message"), v.get("error_description"), v.get("error")) {
-            (Some(Value::String(m)), _, _) => m.clone(),
-            (Some(m), _, _) => m.to_string(),
-            (None, Some(Value::String(d)), _) => d.clone(),
-            (None, None, Some(Value::String(e))) => e.clone(),
-            _ => "no message".to_string(),
-        }
-    }
-
-    fn json<T: for<'de> Deserialize<'de>>(&self, what: &str) -> Result<T, ProviderError> {
-        serde_json::from_slice(&self.body).map_err(|e| {
-            ProviderError::Rejected(format!("GitLab's answer to {what} does not parse: {e}"))
-        })
+/// GitLab's `message` (a string, or an object of field errors), or its OAuth-style
+/// `error_description` / `error`, or a short note.
+fn message(answer: &Answer) -> String {
+    let Ok(v) = serde_json::from_slice::<Value>(&answer.body) else {
+        return "no message".to_string();
+    };
+    match (v.get("message"), v.get("error_description"), v.get("error")) {
+        (Some(Value::String(m)), _, _) => m.clone(),
+        (Some(m), _, _) => m.to_string(),
+        (None, Some(Value::String(d)), _) => d.clone(),
+        (None, None, Some(Value::String(e))) => e.clone(),
+        _ => "no message".to_string(),
     }
 }
 
@@ -219,24 +204,6 @@ struct UserBody {
     username: String,
     #[serde(default)]
     name: String,
-}
-
-fn transport_error(method: &Method, url: &str, e: &reqwest::Error) -> ProviderError {
-    let mut text = if e.is_timeout() {
-        "timed out".to_string()
-    } else if e.is_connect() {
-        "could not connect".to_string()
-    } else {
-        "request failed".to_string()
-    };
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    let url = url.split('?').next().unwrap_or(url);
-    ProviderError::Unavailable(format!("GitLab {method} {url}: {text}"))
 }
 
 /// The time a 429 says to wait until: `Retry-After` (seconds), else `RateLimit-Reset` (a Unix
@@ -349,32 +316,7 @@ impl GitlabClient {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let outcome = async {
-            let response = request.send().await?;
-            let status = response.status();
-            let headers = response.headers().clone();
-            let body = response.bytes().await?.to_vec();
-            Ok::<_, reqwest::Error>(Answer {
-                status,
-                headers,
-                body,
-            })
-        }
-        .instrument(span.clone())
-        .await;
-        match outcome {
-            Ok(answer) => {
-                span.record("http.response.status_code", answer.status.as_u16());
-                if answer.status.is_client_error() || answer.status.is_server_error() {
-                    span.record("otel.status_code", "ERROR");
-                }
-                Ok(answer)
-            }
-            Err(e) => {
-                span.record("otel.status_code", "ERROR");
-                Err(transport_error(&method, &url, &e))
-            }
-        }
+        super::http::send("GitLab", request, &span, &method, &url).await
     }
 
     /// The verdicts on a non-2xx answer: 401 (the token), 429, 5xx, 404 (`missing`), 403 (the
@@ -400,7 +342,7 @@ impl GitlabClient {
         if status.is_server_error() {
             return Err(ProviderError::Unavailable(format!(
                 "GitLab answered {status} to {what}: {}",
-                answer.message()
+                message(&answer)
             )));
         }
         match status {
@@ -418,12 +360,12 @@ impl GitlabClient {
                 Err(ProviderError::MissingPermission {
                     provider: "GitLab",
                     permission: scope.unwrap_or_else(|| API_SCOPE.to_string()),
-                    message: answer.message(),
+                    message: message(&answer),
                 })
             }
             _ => Err(ProviderError::Rejected(format!(
                 "GitLab answered {status} to {what}: {}",
-                answer.message()
+                message(&answer)
             ))),
         }
     }
@@ -559,6 +501,7 @@ mod tests {
             map.insert(*k, HeaderValue::from_str(v).unwrap());
         }
         Answer {
+            provider: "GitLab",
             status: StatusCode::from_u16(status).unwrap(),
             headers: map,
             body: Vec::new(),

@@ -15,6 +15,7 @@
 
 pub mod github;
 pub mod gitlab;
+mod http;
 
 use std::time::Duration;
 
