@@ -207,12 +207,7 @@ impl JobContext {
         host: &str,
         full_name: &str,
     ) -> Result<Option<crate::db::repositories::Repository>, HandlerError> {
-        let client = self
-            .services
-            .pool
-            .get()
-            .await
-            .map_err(|e| HandlerError::Retryable(crate::db::DbError::from(e).to_string()))?;
+        let client = self.client().await?;
         crate::db::repositories::find(&**client, provider, host, full_name)
             .await
             .map_err(|e| HandlerError::Retryable(e.to_string()))
