@@ -68,7 +68,9 @@ CREATE TABLE IF NOT EXISTS lettuce.job_history (
 WITH moved AS (
     DELETE FROM lettuce.job_queue WHERE state IN ('completed', 'discarded', 'cancelled') RETURNING *
 )
-INSERT INTO lettuce.job_history
+INSERT INTO lettuce.job_history (id, kind, queue, payload, priority, state, attempt, max_attempts,
+                                 run_at, created_at, attempted_at, finished_at, locked_by,
+                                 lease_expires_at, errors, unique_key, traceparent)
 SELECT id, kind, queue, payload, priority, state, attempt, max_attempts, run_at, created_at,
        attempted_at, coalesce(finished_at, now()), locked_by, lease_expires_at, errors, unique_key,
        traceparent
@@ -112,7 +114,7 @@ BEGIN
     END IF;
     IF NEW.state IN ('completed', 'discarded', 'cancelled') THEN
         NEW.finished_at := coalesce(NEW.finished_at, now());
-        INSERT INTO lettuce.job_history SELECT NEW.*;
+        INSERT INTO lettuce.job_history SELECT NEW.*; -- the view's columns are the table's, in order
     ELSE
         INSERT INTO lettuce.job_queue OVERRIDING SYSTEM VALUE SELECT NEW.*;
     END IF;

@@ -37,11 +37,12 @@ WITH bad AS (
     RETURNING j.*, lettuce.job_limit_problem(j.kind, j.queue, j.payload, j.run_at, j.max_attempts,
                                              j.unique_key, j.traceparent) AS problem
 )
-INSERT INTO lettuce.job_history
+INSERT INTO lettuce.job_history (id, kind, queue, payload, priority, state, attempt, max_attempts,
+                                 run_at, created_at, attempted_at, finished_at, locked_by,
+                                 lease_expires_at, errors, unique_key, traceparent)
 SELECT id, kind, queue, payload, priority, 'discarded', attempt, max_attempts, run_at, created_at,
        attempted_at, now(), locked_by, NULL,
-       errors || jsonb_build_array(jsonb_build_object('attempt', attempt, 'at', now(),
-                                   'error', 'discarded at upgrade: ' || problem)),
+       lettuce.append_error(errors, attempt, 'discarded at upgrade: ' || problem),
        unique_key, traceparent
   FROM bad;
 

@@ -1024,3 +1024,42 @@ async fn database_tls_follows_sslmode() {
     assert_eq!(code, 5, "{out}{err}");
     assert!(err.contains("/nonexistent/ca.pem"), "{err}");
 }
+
+/// "Attempts spent → discarded" is one rule: the completer decides it in Rust
+/// (`job::attempts_spent`), the rescuer in SQL (`lettuce.attempts_spent`). They must agree.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_attempts_spent_rule_is_the_same_in_rust_and_sql() {
+    let db = TestDb::new().await;
+    let pool = lettuce_worker::db::connect_with_retry(&db.url, 2, LIMIT, None, false)
+        .await
+        .unwrap();
+    lettuce_worker::db::schema::apply(&pool, &lettuce_worker::db::schema::EMBEDDED, false)
+        .await
+        .unwrap();
+    let client = db.client().await;
+    for max in 1..=6 {
+        for attempt in 0..=8 {
+            let sql: bool = client
+                .query_one("SELECT lettuce.attempts_spent($1, $2)", &[&attempt, &max])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(
+                sql,
+                lettuce_worker::job::attempts_spent(attempt, max),
+                "attempt {attempt} of {max}"
+            );
+        }
+    }
+    let appended: serde_json::Value = client
+        .query_one(
+            "SELECT lettuce.append_error(lettuce.append_error('[]', 1, NULL), 2, 'boom')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(appended.as_array().unwrap().len(), 1, "{appended}");
+    assert_eq!(appended[0]["attempt"], 2);
+    assert_eq!(appended[0]["error"], "boom");
+}

@@ -23,6 +23,7 @@ use super::outcome::Outcome;
 use super::{Shared, jitter};
 use crate::db::jobs::{ArtifactRow, ClaimedJob, Completion};
 use crate::db::{self, DbError};
+use crate::job::{JobState, Transition};
 
 /// The `/readyz` condition set while outcomes cannot be written.
 const UNREADY_KEY: &str = "outcomes";
@@ -101,7 +102,7 @@ pub(crate) struct WriteState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fate {
     /// Written, with this state.
-    Accepted(&'static str),
+    Accepted(JobState),
     /// Fenced off: the job was rescued, cancelled or reassigned since the claim.
     Fenced,
     /// Could not be written at all: its lease is left to expire and rescue takes over.
@@ -184,7 +185,7 @@ async fn write_all(
                 let accepted: HashSet<i64> = accepted.into_iter().collect();
                 for c in &part {
                     let fate = if accepted.contains(&c.id) {
-                        Fate::Accepted(c.state)
+                        Fate::Accepted(c.transition.to)
                     } else {
                         Fate::Fenced
                     };
@@ -203,15 +204,12 @@ async fn write_all(
             }
             Err(WriteError::Refused(e)) if !fallback => {
                 let c = &part[0];
-                tracing::error!(job.id = c.id, job.attempt = c.attempt, state = c.state, error = %e, "the database refused this outcome; discarding the job");
+                tracing::error!(job.id = c.id, job.attempt = c.attempt, state = %c.transition.to, error = %e, "the database refused this outcome; discarding the job");
                 let discard = Completion {
-                    state: "discarded",
-                    delay: None,
-                    error: Some(crate::limits::sanitize_error(&format!(
+                    transition: Transition::discard(crate::limits::sanitize_error(&format!(
                         "outcome `{}` refused by the database: {e}",
-                        c.state
+                        c.transition.to
                     ))),
-                    restore_attempt: false,
                     ..c.clone()
                 };
                 pending.push((vec![discard], true));
@@ -269,7 +267,7 @@ async fn write(shared: &Shared, state: &mut WriteState, batch: &mut Vec<Finished
             }
         };
         // Counted once the database has the outcome, under what it became.
-        let refused_then_discarded = state == "discarded"
+        let refused_then_discarded = state == JobState::Discarded
             && !matches!(f.outcome, Outcome::Discard { .. } | Outcome::Retry { .. });
         let label = if refused_then_discarded {
             "discarded"
@@ -279,13 +277,17 @@ async fn write(shared: &Shared, state: &mut WriteState, batch: &mut Vec<Finished
         shared
             .metrics
             .attempt_finished(&f.job.kind, &f.job.queue, label, f.ran_for);
-        if matches!(state, "completed" | "discarded" | "cancelled") {
-            shared.metrics.job_final(&f.job.kind, &f.job.queue, state);
+        if state.is_final() {
+            shared
+                .metrics
+                .job_final(&f.job.kind, &f.job.queue, state.as_str());
         }
         match state {
-            "completed" => shared.stats.completed.fetch_add(1, Ordering::Relaxed),
-            "available" => shared.stats.handed_back.fetch_add(1, Ordering::Relaxed),
-            "retryable" | "discarded" => shared.stats.failed.fetch_add(1, Ordering::Relaxed),
+            JobState::Completed => shared.stats.completed.fetch_add(1, Ordering::Relaxed),
+            JobState::Available => shared.stats.handed_back.fetch_add(1, Ordering::Relaxed),
+            JobState::Retryable | JobState::Discarded => {
+                shared.stats.failed.fetch_add(1, Ordering::Relaxed)
+            }
             _ => 0,
         };
     }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::db::jobs::{ArtifactRow, ClaimedJob, Completion};
 use crate::handlers::HandlerError;
+use crate::job::Transition;
 use crate::limits;
 
 /// The result of one attempt, as the executor saw it.
@@ -57,58 +58,32 @@ impl Outcome {
     /// sanitized and capped, delays clamped (`crate::limits`), so whatever a handler returned
     /// the database accepts the row.
     pub fn completion(&self, job: &ClaimedJob, policy: &RetryPolicy, jitter: f64) -> Completion {
-        let mut c = self.raw_completion(job, policy, jitter);
-        c.error = c.error.map(|e| limits::sanitize_error(&e));
-        c.delay = c.delay.map(limits::clamp_delay);
-        c
-    }
-
-    fn raw_completion(&self, job: &ClaimedJob, policy: &RetryPolicy, jitter: f64) -> Completion {
-        let base = Completion {
+        let mut transition = self.transition(job, policy, jitter);
+        transition.error = transition.error.map(|e| limits::sanitize_error(&e));
+        transition.delay = transition.delay.map(limits::clamp_delay);
+        Completion {
             id: job.id,
             attempt: job.attempt,
-            state: "completed",
-            delay: None,
-            error: None,
-            restore_attempt: false,
+            transition,
             queue: job.queue.clone(),
             span: job.attempt_span.clone(),
-        };
+        }
+    }
+
+    /// The state-machine step this outcome takes (`crate::job`).
+    pub fn transition(&self, job: &ClaimedJob, policy: &RetryPolicy, jitter: f64) -> Transition {
         match self {
-            Outcome::Completed { .. } => base,
-            Outcome::Retry { error } if job.attempt >= job.max_attempts => Completion {
-                state: "discarded",
-                error: Some(error.clone()),
-                ..base
-            },
-            Outcome::Retry { error } => Completion {
-                state: "retryable",
-                delay: Some(policy.backoff(job.attempt, jitter)),
-                error: Some(error.clone()),
-                ..base
-            },
-            Outcome::Discard { error } => Completion {
-                state: "discarded",
-                error: Some(error.clone()),
-                ..base
-            },
-            Outcome::Snooze { delay } => Completion {
-                state: "scheduled",
-                delay: Some(*delay),
-                restore_attempt: true,
-                ..base
-            },
-            Outcome::Cancel { reason } => Completion {
-                state: "cancelled",
-                error: Some(reason.clone()),
-                ..base
-            },
-            Outcome::HandBack => Completion {
-                state: "available",
-                delay: Some(Duration::ZERO),
-                restore_attempt: true,
-                ..base
-            },
+            Outcome::Completed { .. } => Transition::complete(),
+            Outcome::Retry { error } => Transition::fail(
+                job.attempt,
+                job.max_attempts,
+                error.clone(),
+                policy.backoff(job.attempt, jitter),
+            ),
+            Outcome::Discard { error } => Transition::discard(error.clone()),
+            Outcome::Snooze { delay } => Transition::snooze(*delay),
+            Outcome::Cancel { reason } => Transition::cancel(reason.clone()),
+            Outcome::HandBack => Transition::hand_back(),
         }
     }
 }
@@ -177,9 +152,12 @@ mod tests {
 
     #[test]
     fn outcomes_map_to_states() {
-        let c = |o: Outcome, attempt, max| o.completion(&job(attempt, max), &POLICY, 0.5);
+        let c =
+            |o: Outcome, attempt, max| o.completion(&job(attempt, max), &POLICY, 0.5).transition;
         assert_eq!(
-            c(Outcome::Completed { artifacts: vec![] }, 1, 5).state,
+            c(Outcome::Completed { artifacts: vec![] }, 1, 5)
+                .to
+                .as_str(),
             "completed"
         );
         let r = c(
@@ -189,7 +167,10 @@ mod tests {
             1,
             5,
         );
-        assert_eq!((r.state, r.error.as_deref()), ("retryable", Some("boom")));
+        assert_eq!(
+            (r.to.as_str(), r.error.as_deref()),
+            ("retryable", Some("boom"))
+        );
         assert_eq!(r.delay, Some(Duration::from_millis(750)));
         assert_eq!(
             c(
@@ -199,7 +180,8 @@ mod tests {
                 5,
                 5
             )
-            .state,
+            .to
+            .as_str(),
             "discarded"
         );
         assert_eq!(
@@ -210,7 +192,8 @@ mod tests {
                 1,
                 5
             )
-            .state,
+            .to
+            .as_str(),
             "discarded"
         );
         let s = c(
@@ -221,15 +204,15 @@ mod tests {
             5,
         );
         assert_eq!(
-            (s.state, s.restore_attempt, s.error),
+            (s.to.as_str(), s.restore_attempt, s.error),
             ("scheduled", true, None)
         );
         assert_eq!(
-            c(Outcome::Cancel { reason: "x".into() }, 1, 5).state,
+            c(Outcome::Cancel { reason: "x".into() }, 1, 5).to.as_str(),
             "cancelled"
         );
         let h = c(Outcome::HandBack, 1, 5);
-        assert_eq!((h.state, h.restore_attempt), ("available", true));
+        assert_eq!((h.to.as_str(), h.restore_attempt), ("available", true));
     }
 
     #[test]
@@ -237,12 +220,14 @@ mod tests {
         let s = Outcome::Snooze {
             delay: Duration::from_millis(u64::MAX),
         }
-        .completion(&job(1, 5), &POLICY, 0.5);
+        .completion(&job(1, 5), &POLICY, 0.5)
+        .transition;
         assert_eq!(s.delay, Some(limits::MAX_DELAY));
         let e = Outcome::Discard {
             error: format!("nul\0{}", "x".repeat(10 << 20)),
         }
-        .completion(&job(1, 5), &POLICY, 0.5);
+        .completion(&job(1, 5), &POLICY, 0.5)
+        .transition;
         let text = e.error.unwrap();
         assert!(text.len() <= limits::MAX_ERROR_BYTES && !text.contains('\0'));
     }

@@ -684,10 +684,7 @@ impl Bench {
                         .map(|j| lettuce_worker::db::jobs::Completion {
                             id: j.id,
                             attempt: j.attempt,
-                            state: "completed",
-                            delay: None,
-                            error: None,
-                            restore_attempt: false,
+                            transition: lettuce_worker::job::Transition::complete(),
                             queue: j.queue.clone(),
                             span: None,
                         })
