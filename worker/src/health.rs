@@ -71,6 +71,18 @@ impl Health {
         self.unready.lock().expect("health lock").remove(key);
     }
 
+    /// Ready as far as this process knows (no database probe), and the general reasons when
+    /// not: booting, draining, or each condition set with [`Health::set_unready`].
+    pub fn snapshot(&self) -> (bool, Vec<String>) {
+        let mut reasons = match *self.phase.lock().expect("health lock") {
+            Phase::Booting => vec!["booting".to_string()],
+            Phase::Draining => vec!["draining".to_string()],
+            Phase::Ready => Vec::new(),
+        };
+        reasons.extend(self.unready.lock().expect("health lock").values().cloned());
+        (reasons.is_empty(), reasons)
+    }
+
     /// `Ok(())` when ready, else the reason.
     pub async fn readiness(&self) -> Result<(), String> {
         let phase = *self.phase.lock().expect("health lock");

@@ -54,6 +54,17 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    serve_on(listener, health, metrics, stop)
+}
+
+/// [`serve`] on a listener the caller bound (a test binds `127.0.0.1:0` and reads the port
+/// back). Returns the address it answers on.
+pub fn serve_on(
+    listener: tokio::net::TcpListener,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) -> std::io::Result<SocketAddr> {
     let bound = listener.local_addr()?;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))

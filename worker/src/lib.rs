@@ -22,8 +22,10 @@ pub mod redact;
 pub mod runtime;
 pub mod secrets;
 pub mod telemetry;
+pub mod worker;
 
 /// This build's version, as reported in `lettuce.workers` and logs.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub use db::jobs::{NewJob, enqueue, enqueue_many};
+pub use worker::{Worker, WorkerHandle, WorkerStatus};

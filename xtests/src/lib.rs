@@ -368,10 +368,11 @@ pub async fn states(client: &Client) -> HashMap<String, i64> {
         .collect()
 }
 
-/// A worker runtime inside the test process (same code path as `worker run`, minus signals).
+/// A worker inside the test process, started through `lettuce_worker::Worker` exactly as
+/// `worker run` starts one (minus signals).
 pub struct InProcessWorker {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), String>>,
+    worker: lettuce_worker::WorkerHandle,
+    /// The runtime's counters and the heartbeat's trigger.
     pub handle: lettuce_worker::runtime::RuntimeHandle,
 }
 
@@ -380,40 +381,30 @@ impl InProcessWorker {
     pub async fn start(env: &HashMap<String, String>) -> InProcessWorker {
         init_logging();
         let config = lettuce_worker::config::Config::load(env).expect("test config loads");
+        let facts = lettuce_worker::boot::gates(&config, time::OffsetDateTime::now_utc())
+            .expect("gates pass");
         let registry = lettuce_worker::handlers::registry_for(&config);
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            lettuce_worker::boot::run(
-                config,
-                registry,
-                async move {
-                    let _ = stop_rx.await;
-                },
-                move |h| {
-                    let _ = ready_tx.send(h);
-                },
-            )
-            .await
-            .map_err(|e| e.to_string())
-        });
-        let handle = tokio::time::timeout(Duration::from_secs(30), ready_rx)
-            .await
-            .expect("worker ready within 30s")
-            .expect("worker booted");
+        let worker = tokio::time::timeout(
+            Duration::from_secs(30),
+            lettuce_worker::Worker::new(config, facts, registry).start(),
+        )
+        .await
+        .expect("worker ready within 30s")
+        .expect("worker booted");
         InProcessWorker {
-            stop: Some(stop_tx),
-            task,
-            handle,
+            handle: worker.runtime().clone(),
+            worker,
         }
     }
 
+    /// The worker's own report (readiness, counters, periodic tasks).
+    pub fn status(&self) -> lettuce_worker::WorkerStatus {
+        self.worker.status()
+    }
+
     /// Triggers shutdown and waits for the drain to finish.
-    pub async fn stop(mut self) -> Result<(), String> {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        (&mut self.task).await.expect("worker task")
+    pub async fn stop(self) -> Result<(), String> {
+        self.worker.shutdown().await.map_err(|e| e.to_string())
     }
 }
 

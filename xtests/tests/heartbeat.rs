@@ -14,9 +14,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use lettuce_worker::WorkerHandle;
 use lettuce_worker::config::Config;
-use lettuce_worker::health::Health;
-use lettuce_worker::runtime::{self, Deps, RuntimeHandle};
 use lettuce_worker::telemetry::heartbeat::{HeartbeatConfig, HeartbeatHandle};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -173,72 +172,54 @@ fn log_lines(needles: &[&str]) -> usize {
 
 // ---- workers --------------------------------------------------------------------------------
 
-/// A runtime in this process with an explicit heartbeat config (what boot will pass when the
-/// license makes telemetry effective).
+/// A worker in this process with an explicit heartbeat config (what boot will pass when the
+/// license makes telemetry effective), started through the same `lettuce_worker::Worker` as
+/// `worker run`, its probes on a port the test bound.
 struct Worker {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-    handle: RuntimeHandle,
-    metrics: Arc<lettuce_worker::metrics::Metrics>,
+    worker: WorkerHandle,
 }
 
 impl Worker {
     async fn start(env: &HashMap<String, String>, heartbeat: Option<HeartbeatConfig>) -> Worker {
         logs();
-        let config = Arc::new(Config::load(env).expect("test config loads"));
-        let pool = lettuce_worker::boot::connect(&config)
-            .await
-            .expect("connect");
-        lettuce_worker::boot::schema(&pool).await.expect("schema");
-        let health = Arc::new(Health::default());
-        health.set_pool(pool.clone());
-        let metrics: Arc<lettuce_worker::metrics::Metrics> = Arc::default();
-        let deps = Deps {
-            registry: lettuce_worker::handlers::registry_for(&config),
-            services: Arc::new(lettuce_worker::handlers::Services::new(
-                pool.clone(),
-                lettuce_worker::boot::artifact_store(&config).expect("artifact store"),
-            )),
-            pool,
-            health,
-            metrics: metrics.clone(),
-            heartbeat,
-        };
-        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            runtime::run(
-                config,
-                deps,
-                async move {
-                    let _ = stop_rx.await;
-                },
-                move |h| {
-                    let _ = ready_tx.send(h);
-                },
-            )
-            .await
-            .expect("runtime ran");
-        });
-        let handle = tokio::time::timeout(Duration::from_secs(30), ready_rx)
+        let config = Config::load(env).expect("test config loads");
+        let facts = lettuce_worker::boot::gates(&config, OffsetDateTime::now_utc()).expect("gates");
+        let registry = lettuce_worker::handlers::registry_for(&config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let worker = lettuce_worker::Worker::new(config, facts, registry)
+            .listener(listener)
+            .heartbeat(heartbeat);
+        let worker = tokio::time::timeout(Duration::from_secs(30), worker.start())
             .await
             .expect("ready within 30s")
-            .expect("runtime started");
-        Worker {
-            stop,
-            task,
-            handle,
-            metrics,
-        }
+            .expect("worker started");
+        Worker { worker }
     }
 
     fn heartbeat(&self) -> &HeartbeatHandle {
-        self.handle.heartbeat.as_ref().expect("heartbeat runs")
+        self.worker
+            .runtime()
+            .heartbeat
+            .as_ref()
+            .expect("heartbeat runs")
+    }
+
+    /// `/metrics` as the HTTP endpoint serves it.
+    async fn metrics(&self) -> String {
+        let addr = self.worker.http_addr.expect("probes served");
+        reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
     async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.expect("runtime task");
+        self.worker
+            .shutdown()
+            .await
+            .expect("worker stopped cleanly");
     }
 }
 
@@ -562,8 +543,8 @@ async fn failures_retry_with_backoff_the_same_day_without_blocking_jobs() {
     })
     .await;
     assert_eq!(rx.count(), after, "nothing sent after today's receipt");
-    // `/metrics` counts them (the same render the HTTP endpoint serves).
-    let text = w.metrics.render().await;
+    // `/metrics` counts them.
+    let text = w.metrics().await;
     let count = |result: &str| -> u64 {
         let series = format!("lettuce_telemetry_heartbeats_total{{result=\"{result}\"}} ");
         text.lines()
@@ -754,7 +735,10 @@ async fn dev_mode_never_sends() {
         Worker::start(&env, None),
         Worker::start(&on_env, Some(fast(&on_rx.url()))),
     );
-    assert!(dev.handle.heartbeat.is_none(), "no heartbeat task to force");
+    assert!(
+        dev.worker.runtime().heartbeat.is_none(),
+        "no heartbeat task to force"
+    );
     eventually(
         Duration::from_secs(10),
         "the control's heartbeat",

@@ -15,14 +15,10 @@ pub mod telemetry;
 use std::future::Future;
 use std::sync::Arc;
 
-use tokio_util::sync::CancellationToken;
-
 use crate::artifacts::ArtifactStore;
 use crate::config::{Config, ConfigError};
 use crate::db::{self, DbError, DbPool};
-use crate::handlers::{Registry, Services};
-use crate::health::Health;
-use crate::runtime::{self, Deps, RuntimeHandle};
+use crate::handlers::Registry;
 use crate::telemetry::heartbeat::HeartbeatConfig;
 
 /// Why the worker did not start (or stopped with an error). Each maps to an exit code.
@@ -194,66 +190,18 @@ pub fn artifact_store(config: &Config) -> Result<Arc<ArtifactStore>, BootError> 
     Ok(Arc::new(store))
 }
 
-/// `worker run`: every gate, then the runtime until `shutdown` resolves.
+/// `worker run`: gates 2–4, then [`crate::Worker`] (gates 5–6 and the runtime) until
+/// `shutdown` resolves or the runtime stops by itself.
 pub async fn run(
     config: Config,
     registry: Registry,
     shutdown: impl Future<Output = ()>,
-    on_start: impl FnOnce(RuntimeHandle),
 ) -> Result<(), BootError> {
     // Gates 2–4 run before anything listens or connects: a refused gate touches nothing.
-    let gates = gates(&config, time::OffsetDateTime::now_utc())?;
-    let config = Arc::new(config);
-    let health = Arc::new(Health::default());
-    let metrics = Arc::new(crate::metrics::Metrics::default());
-    let http_stop = CancellationToken::new();
-    let _http_guard = http_stop.clone().drop_guard();
-    if let Some(addr) = config.http_addr {
-        crate::http::serve(addr, health.clone(), metrics.clone(), http_stop.clone())
-            .await
-            .map_err(|e| BootError::Http {
-                addr: addr.to_string(),
-                error: e.to_string(),
-            })?;
+    let facts = gates(&config, time::OffsetDateTime::now_utc())?;
+    let mut worker = crate::Worker::new(config, facts, registry).start().await?;
+    tokio::select! {
+        _ = shutdown => worker.shutdown().await,
+        ended = worker.stopped() => ended,
     }
-    let pool = connect(&config).await?;
-    match schema(&pool).await? {
-        db::schema::Applied::LeftNewer { database } => tracing::info!(
-            database_revision = database,
-            binary_revision = db::schema::EMBEDDED.revision,
-            "schema ready: the database is at a newer revision that declares this binary compatible; left as it is"
-        ),
-        applied => tracing::info!(
-            schema = ?applied,
-            revision = db::schema::EMBEDDED.revision,
-            "schema ready"
-        ),
-    }
-    // `/readyz` and `/metrics` probe over their own two connections: scrapes never take a
-    // connection that claims, completions or lease heartbeats need.
-    let probes = db::probe_pool(config.database_url.expose()).map_err(BootError::Database)?;
-    health.set_pool(probes.clone());
-    metrics.set_pool(probes);
-    let artifacts = artifact_store(&config)?;
-    let providers = providers_for(&config, &gates, &metrics)?;
-    let services = Arc::new(
-        Services::new(pool.clone(), artifacts)
-            .with_gates(&gates)
-            .with_providers(providers, config.webhooks.clone()),
-    );
-    runtime::run(
-        config,
-        Deps {
-            pool,
-            registry,
-            health,
-            services,
-            heartbeat: heartbeat_config(&gates),
-            metrics,
-        },
-        shutdown,
-        on_start,
-    )
-    .await
-    .map_err(BootError::Runtime)
 }

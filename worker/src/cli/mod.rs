@@ -173,7 +173,7 @@ pub(crate) fn fail(message: &str, code: u8) -> ExitCode {
 
 async fn run(config: Config) -> ExitCode {
     let registry = crate::handlers::registry_for(&config);
-    match crate::boot::run(config, registry, shutdown_signal(), |_| {}).await {
+    match crate::boot::run(config, registry, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "worker stopped with an error");

@@ -60,6 +60,9 @@ pub enum DbError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("database TLS: {0}")]
     Tls(String),
+    /// A task of the runtime failed outside any statement (it panicked, or ended early).
+    #[error("{0}")]
+    Task(String),
     /// A job input outside its limit, refused before any statement ran.
     #[error("{0}")]
     Limit(#[from] crate::limits::LimitError),

@@ -22,8 +22,6 @@ use tokio_util::sync::CancellationToken;
 use crate::artifacts::{ArtifactStore, key_for};
 use crate::boot::entitlements::{Entitlements, LimitReached};
 use crate::boot::github::{GithubApp, GithubStatus};
-use crate::boot::license::Claims;
-use crate::boot::telemetry::TelemetryDecision;
 use crate::db::DbPool;
 use crate::db::jobs::ArtifactRow;
 
@@ -63,10 +61,6 @@ pub struct Services {
     pool: DbPool,
     /// Where artifacts go; built once at boot from the configuration.
     artifacts: Arc<ArtifactStore>,
-    /// The verified license claims (never the token); `None` when not self-hosted.
-    pub license: Option<Claims>,
-    /// Gate 4's decision; the heartbeat task sends only when `effective`.
-    pub telemetry: TelemetryDecision,
     /// The license caps handlers enforce through [`JobContext::require_repos`] and friends.
     pub entitlements: Entitlements,
     /// Gate 3's outcome; GitHub-dependent handlers call [`JobContext::github_app`].
@@ -93,8 +87,6 @@ impl Services {
         Services {
             pool,
             artifacts,
-            license: None,
-            telemetry: crate::boot::telemetry::decide(false, false, None, String::new(), false),
             entitlements: Entitlements::unlimited(),
             github: GithubStatus::NotConfigured { gitlab_host: None },
             providers: Providers::default(),
@@ -115,8 +107,6 @@ impl Services {
 
     /// Takes the outcomes of boot gates 2–4.
     pub fn with_gates(mut self, gates: &crate::boot::Gates) -> Self {
-        self.license = gates.license.as_ref().map(|l| l.claims.clone());
-        self.telemetry = gates.telemetry.clone();
         self.entitlements = gates.entitlements;
         self.github = gates.github.clone();
         self

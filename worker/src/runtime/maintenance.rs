@@ -11,8 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::Shared;
-use super::periodic::{PeriodicTask, drive};
-use crate::db;
+use super::periodic::{PeriodicTask, TaskBoard, Trigger, drive};
+use crate::db::{self, DbPool};
+use crate::job::JobState;
 
 /// Rows one activation touches at most.
 const BATCH: i64 = 1000;
@@ -20,45 +21,72 @@ const BATCH: i64 = 1000;
 /// How long a handled webhook delivery id is remembered (`lettuce.github_deliveries`).
 const DELIVERY_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
-pub(crate) fn spawn_all(tracker: &TaskTracker, shared: Arc<Shared>, stop: CancellationToken) {
+/// Starts every maintenance task on `tracker` under the one periodic driver; each task holds
+/// only what it uses.
+pub(crate) fn spawn_all(
+    tracker: &TaskTracker,
+    shared: &Shared,
+    license: Option<crate::boot::license::Claims>,
+    board: &TaskBoard,
+    stop: CancellationToken,
+) {
     let metrics = shared.metrics.clone();
-    tracker.spawn(drive(
-        Rescuer(shared.clone()),
-        stop.clone(),
-        metrics.clone(),
-    ));
-    tracker.spawn(drive(Pruner(shared.clone()), stop.clone(), metrics.clone()));
-    if let Some(claims) = shared.services.license.clone() {
-        tracker.spawn(drive(
-            super::license_watch::LicenseWatch { claims },
-            stop.clone(),
-            metrics.clone(),
-        ));
+    let (pool, worker_id, config) = (&shared.pool, &shared.worker.id, &shared.config);
+    macro_rules! start {
+        ($task:expr) => {
+            tracker.spawn(drive(
+                $task,
+                Trigger::default(),
+                board.clone(),
+                stop.clone(),
+                metrics.clone(),
+            ))
+        };
     }
-    tracker.spawn(drive(
-        Reindexer(shared.clone()),
-        stop.clone(),
-        metrics.clone(),
-    ));
-    tracker.spawn(drive(StaleWorkerSweep(shared), stop, metrics));
+    start!(Rescuer {
+        pool: pool.clone(),
+        worker_id: worker_id.clone(),
+        lease: config.lease,
+        stats: shared.stats.clone(),
+    });
+    start!(Pruner {
+        pool: pool.clone(),
+        retention: config.retention,
+    });
+    if let Some(claims) = license {
+        start!(super::license_watch::LicenseWatch { claims });
+    }
+    start!(Reindexer {
+        pool: pool.clone(),
+        worker_id: worker_id.clone(),
+        reindex_interval: config.reindex_interval,
+    });
+    start!(StaleWorkerSweep {
+        pool: pool.clone(),
+        lease: config.lease,
+    });
 }
 
 /// Moves running jobs whose lease expired back to `retryable` (or `discarded`).
-pub(crate) struct Rescuer(Arc<Shared>);
+pub(crate) struct Rescuer {
+    pool: DbPool,
+    worker_id: String,
+    lease: Duration,
+    stats: Arc<super::RuntimeStats>,
+}
 
 impl PeriodicTask for Rescuer {
     fn name(&self) -> &'static str {
         "rescuer"
     }
     fn interval(&self) -> Duration {
-        (self.0.config.lease / 2).clamp(Duration::from_millis(100), Duration::from_secs(15))
+        (self.lease / 2).clamp(Duration::from_millis(100), Duration::from_secs(15))
     }
     async fn activate(&mut self) -> Result<Option<String>, String> {
         // The scan reads the whole queue table; one replica per interval does it. A little
         // slack so this replica's own next tick is never refused by its previous turn.
         let every = self.interval().mul_f64(0.8);
-        let worker_id = &self.0.worker.id;
-        if !db::jobs::take_turn(&self.0.pool, "rescuer", every, worker_id)
+        if !db::jobs::take_turn(&self.pool, "rescuer", every, &self.worker_id)
             .await
             .map_err(|e| e.to_string())?
         {
@@ -66,7 +94,7 @@ impl PeriodicTask for Rescuer {
         }
         let mut total = Vec::new();
         loop {
-            let rescued = db::jobs::rescue_expired(&self.0.pool, BATCH)
+            let rescued = db::jobs::rescue_expired(&self.pool, BATCH)
                 .await
                 .map_err(|e| e.to_string())?;
             let n = rescued.len();
@@ -78,8 +106,7 @@ impl PeriodicTask for Rescuer {
         if total.is_empty() {
             return Ok(None);
         }
-        self.0
-            .stats
+        self.stats
             .rescued
             .fetch_add(total.len() as u64, Ordering::Relaxed);
         let mut workers: Vec<&str> = total
@@ -88,7 +115,10 @@ impl PeriodicTask for Rescuer {
             .collect();
         workers.sort_unstable();
         workers.dedup();
-        let discarded = total.iter().filter(|r| r.state == "discarded").count();
+        let discarded = total
+            .iter()
+            .filter(|r| r.state == JobState::Discarded.as_str())
+            .count();
         Ok(Some(format!(
             "rescued {} jobs with expired leases ({} discarded, attempts spent) from presumed-dead workers: {}",
             total.len(),
@@ -99,7 +129,10 @@ impl PeriodicTask for Rescuer {
 }
 
 /// Deletes finished jobs past their retention, in batches.
-pub(crate) struct Pruner(Arc<Shared>);
+pub(crate) struct Pruner {
+    pool: DbPool,
+    retention: crate::config::Retention,
+}
 
 impl PeriodicTask for Pruner {
     fn name(&self) -> &'static str {
@@ -107,14 +140,14 @@ impl PeriodicTask for Pruner {
     }
     fn interval(&self) -> Duration {
         // Often enough that a short retention is honoured, never more than once a second.
-        let r = &self.0.config.retention;
+        let r = &self.retention;
         (r.completed.min(r.discarded).min(r.cancelled) / 4)
             .clamp(Duration::from_secs(1), Duration::from_secs(60))
     }
     async fn activate(&mut self) -> Result<Option<String>, String> {
         let mut total = 0u64;
         loop {
-            let n = db::jobs::prune(&self.0.pool, &self.0.config.retention, BATCH)
+            let n = db::jobs::prune(&self.pool, &self.retention, BATCH)
                 .await
                 .map_err(|e| e.to_string())?;
             total += n;
@@ -123,7 +156,7 @@ impl PeriodicTask for Pruner {
             }
         }
         // Webhook deliveries are remembered a week: longer than GitHub offers to redeliver.
-        let deliveries = db::deliveries::prune(&self.0.pool, DELIVERY_RETENTION, BATCH)
+        let deliveries = db::deliveries::prune(&self.pool, DELIVERY_RETENTION, BATCH)
             .await
             .map_err(|e| e.to_string())?;
         Ok((total + deliveries > 0).then(|| {
@@ -133,11 +166,14 @@ impl PeriodicTask for Pruner {
 }
 
 /// Removes `lettuce.workers` rows whose heartbeat stopped (crashed processes).
-pub(crate) struct StaleWorkerSweep(Arc<Shared>);
+pub(crate) struct StaleWorkerSweep {
+    pool: DbPool,
+    lease: Duration,
+}
 
 impl StaleWorkerSweep {
     fn stale_after(&self) -> Duration {
-        (self.0.config.lease * 2).max(Duration::from_secs(1))
+        (self.lease * 2).max(Duration::from_secs(1))
     }
 }
 
@@ -149,7 +185,7 @@ impl PeriodicTask for StaleWorkerSweep {
         self.stale_after().min(Duration::from_secs(60))
     }
     async fn activate(&mut self) -> Result<Option<String>, String> {
-        let gone = db::workers::sweep_stale(&self.0.pool, self.stale_after())
+        let gone = db::workers::sweep_stale(&self.pool, self.stale_after())
             .await
             .map_err(|e| e.to_string())?;
         Ok((!gone.is_empty()).then(|| format!("removed stale worker rows: {}", gone.join(", "))))
@@ -160,7 +196,11 @@ impl PeriodicTask for StaleWorkerSweep {
 /// whose deliveries were missed) get a default-branch `repo.index`: once per cluster per pass
 /// (a maintenance turn), never one per replica, and never a second waiting one per repository
 /// (coalesced).
-pub(crate) struct Reindexer(Arc<Shared>);
+pub(crate) struct Reindexer {
+    pool: DbPool,
+    worker_id: String,
+    reindex_interval: Duration,
+}
 
 /// Repositories one pass enqueues at most; the rest wait for the next pass.
 const REINDEX_BATCH: i64 = 100;
@@ -170,20 +210,20 @@ impl PeriodicTask for Reindexer {
         "reindexer"
     }
     fn interval(&self) -> Duration {
-        (self.0.config.reindex_interval / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))
+        (self.reindex_interval / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))
     }
     async fn activate(&mut self) -> Result<Option<String>, String> {
         let every = self.interval().mul_f64(0.8);
-        if !db::jobs::take_turn(&self.0.pool, "reindexer", every, &self.0.worker.id)
+        if !db::jobs::take_turn(&self.pool, "reindexer", every, &self.worker_id)
             .await
             .map_err(|e| e.to_string())?
         {
             return Ok(None);
         }
-        let client = self.0.pool.get().await.map_err(|e| e.to_string())?;
+        let client = self.pool.get().await.map_err(|e| e.to_string())?;
         let due = db::repositories::enqueue_due_reindexes(
             &**client,
-            self.0.config.reindex_interval,
+            self.reindex_interval,
             REINDEX_BATCH,
         )
         .await
@@ -192,7 +232,7 @@ impl PeriodicTask for Reindexer {
             format!(
                 "scheduled reindex: {} repositories not indexed within {:?} have a repo.index waiting",
                 due.len(),
-                self.0.config.reindex_interval
+                self.reindex_interval
             )
         }))
     }

@@ -81,6 +81,8 @@ pub struct Deps {
     pub heartbeat: Option<HeartbeatConfig>,
     /// Per-attempt metrics, also read by `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// The verified license's claims, for the daily license watch; `None` when not self-hosted.
+    pub license: Option<crate::boot::license::Claims>,
 }
 
 /// State shared by the runtime's tasks.
@@ -139,6 +141,8 @@ pub struct RuntimeHandle {
     pub listener: Arc<ListenerStats>,
     /// The telemetry heartbeat's trigger and counters, when it runs in this process.
     pub heartbeat: Option<HeartbeatHandle>,
+    /// Every periodic task's last activation.
+    pub tasks: periodic::TaskBoard,
 }
 
 /// Runs the worker until `shutdown` resolves, then drains. Returns once every attempt was
@@ -235,7 +239,14 @@ pub async fn run(
             move || lease::run(shared.clone(), stop.clone()),
         ));
     }
-    maintenance::spawn_all(&background, shared.clone(), stop_background.clone());
+    let tasks = periodic::TaskBoard::default();
+    maintenance::spawn_all(
+        &background,
+        &shared,
+        deps.license.clone(),
+        &tasks,
+        stop_background.clone(),
+    );
     background.spawn(supervise::watchdog(
         shared.ticks.clone(),
         deps.health.clone(),
@@ -248,7 +259,9 @@ pub async fn run(
             cfg,
             deps.pool.clone(),
             worker.id.clone(),
+            &tasks,
             stop_background.clone(),
+            deps.metrics.clone(),
         )
         // A heartbeat that cannot start must not stop jobs; the 7-day warning is lost too,
         // so say so loudly.
@@ -306,6 +319,7 @@ pub async fn run(
         stats: stats.clone(),
         listener: listener_stats,
         heartbeat,
+        tasks,
     });
 
     shutdown.await;

@@ -19,7 +19,6 @@ use std::time::Duration;
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 use time::{Date, OffsetDateTime, UtcOffset};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -27,7 +26,7 @@ use uuid::Uuid;
 
 use crate::db::{self, DbError, DbPool};
 use crate::runtime::jitter;
-use crate::runtime::periodic::PeriodicTask;
+use crate::runtime::periodic::{PeriodicTask, TaskBoard, Trigger, drive};
 
 /// The body's fields, in order. The contract: adding or removing one is a breaking change to
 /// what customers were promised, and tests pin this list.
@@ -240,7 +239,7 @@ impl HeartbeatError {
 /// Counters a test (or a status page) can read, and the explicit trigger.
 #[derive(Clone, Debug)]
 pub struct HeartbeatHandle {
-    trigger: Arc<Notify>,
+    trigger: Trigger,
     stats: Arc<HeartbeatStats>,
 }
 
@@ -254,7 +253,7 @@ struct HeartbeatStats {
 impl HeartbeatHandle {
     /// Runs an activation now instead of at the next tick.
     pub fn trigger(&self) {
-        self.trigger.notify_one();
+        self.trigger.fire();
     }
     /// Activations finished so far in this process.
     pub fn activations(&self) -> u64 {
@@ -270,17 +269,20 @@ impl HeartbeatHandle {
     }
 }
 
-/// Starts the heartbeat on `tracker` until `stop` fires. Call only when telemetry is effective.
+/// Starts the heartbeat on `tracker`, under the periodic driver, until `stop` fires. Call only
+/// when telemetry is effective.
 pub fn spawn(
     tracker: &TaskTracker,
     cfg: HeartbeatConfig,
     pool: DbPool,
     worker_id: String,
+    board: &TaskBoard,
     stop: CancellationToken,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<HeartbeatHandle, HeartbeatError> {
     let client = http_client(&cfg)?;
     let handle = HeartbeatHandle {
-        trigger: Arc::new(Notify::new()),
+        trigger: Trigger::default(),
         stats: Arc::default(),
     };
     tracing::info!(url = %cfg.url, license_id = %cfg.license_id, "telemetry heartbeat on");
@@ -291,32 +293,14 @@ pub fn spawn(
         client,
         stats: handle.stats.clone(),
     };
-    tracker.spawn(run(task, handle.trigger.clone(), stop));
+    tracker.spawn(drive(
+        task,
+        handle.trigger.clone(),
+        board.clone(),
+        stop,
+        metrics,
+    ));
     Ok(handle)
-}
-
-/// The driver: like `runtime::periodic::drive`, plus a short first delay (the day's first ping
-/// goes within seconds of ready, not one interval later) and an explicit trigger.
-async fn run(mut task: Heartbeat, trigger: Arc<Notify>, stop: CancellationToken) {
-    let mut wait = task.cfg.first_delay_max.mul_f64(jitter());
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-            _ = trigger.notified() => {}
-        }
-        match task.activate().await {
-            Ok(Some(status)) => tracing::info!(task = task.name(), "{status}"),
-            Ok(None) => {}
-            Err(e) => tracing::warn!(task = task.name(), error = %e, "telemetry heartbeat failed"),
-        }
-        task.stats.activations.fetch_add(1, Ordering::SeqCst);
-        let every = task.interval();
-        wait = every + every.mul_f64(0.1 * jitter());
-        if stop.is_cancelled() {
-            return;
-        }
-    }
 }
 
 /// A client that never follows a redirect to another host, and bounds each request.
@@ -447,7 +431,19 @@ impl PeriodicTask for Heartbeat {
     fn interval(&self) -> Duration {
         self.cfg.interval
     }
+    /// The day's first ping goes within seconds of ready, not one interval later.
+    fn first_delay(&self) -> Duration {
+        self.cfg.first_delay_max.mul_f64(jitter())
+    }
     async fn activate(&mut self) -> Result<Option<String>, String> {
+        let result = self.activate_once().await;
+        self.stats.activations.fetch_add(1, Ordering::SeqCst);
+        result
+    }
+}
+
+impl Heartbeat {
+    async fn activate_once(&mut self) -> Result<Option<String>, String> {
         let now = (self.cfg.clock)();
         let day = now.to_offset(UtcOffset::UTC).date();
         let sent = self.send_if_due(day, now).await;
