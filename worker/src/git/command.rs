@@ -173,7 +173,7 @@ impl Drop for GroupKill {
     }
 }
 
-/// The stderr of a spawn: the `git` binary missing is its own error.
+/// A failed spawn: `git` not found or not executable is [`GitError::GitMissing`].
 pub(crate) fn spawn_error(e: std::io::Error) -> GitError {
     match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
