@@ -11,6 +11,7 @@ pub mod boot;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod git;
 pub mod handlers;
 pub mod health;
 pub mod http;
