@@ -14,6 +14,7 @@ pub mod db;
 pub mod handlers;
 pub mod health;
 pub mod http;
+pub mod index;
 pub mod limits;
 pub mod metrics;
 pub mod providers;
