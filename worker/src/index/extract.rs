@@ -151,12 +151,13 @@ impl<'a> Walk<'a> {
         if bytes.len() > MAX_NAME_BYTES {
             return None;
         }
-        let mut text = String::from_utf8_lossy(bytes).trim().to_string();
-        if node.kind() == "string" && text.len() >= 2 {
+        let text = String::from_utf8_lossy(bytes);
+        let mut text = text.trim();
+        if node.kind() == "string" {
             // `declare module "x"`, `'quoted'() {}`: the name without its quotes.
-            text = text[1..text.len() - 1].to_string();
+            text = text.trim_matches(['"', '\'', '`']);
         }
-        (!text.is_empty()).then_some(text)
+        (!text.is_empty()).then(|| text.to_string())
     }
 
     fn push(&mut self, name: String, at: Node, kind: Kind, enclosing: Option<String>) {

@@ -791,3 +791,28 @@ fn an_unwritable_out_dir_is_an_io_error_naming_it() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn garbage_in_any_language_never_fails_the_index() {
+    let dir = tempdir("garbage");
+    let junk: [&[u8]; 6] = [
+        b"declare module \"\xc3\xa9",
+        b"class \xff\xfe { def (((( \"\xe2\x82",
+        b"}}}}])) fn impl<<<< for struct 'abc\xe2\x82\xac",
+        b"\xef\xbb\xbfpackage main\nfunc (",
+        b"const = => class extends { #",
+        b"\r\r\r\t\t\x0b\x0c@interface record enum {",
+    ];
+    let mut repo = Repo::default();
+    for (i, content) in junk.iter().enumerate() {
+        for ext in ["rs", "py", "go", "js", "ts", "tsx", "java"] {
+            repo.add(&format!("junk{i}.{ext}"), 0o100644, content);
+        }
+    }
+    let out = run(&mut repo, None, &dir, &Options::default()).unwrap();
+    assert_eq!(out.files, 42);
+    for (path, record) in records(&out.files_path) {
+        assert_eq!(record["parsed"], true, "{path}: {record}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
