@@ -377,6 +377,36 @@ fn module_level(decl: Node) -> bool {
     }
 }
 
+fn const_declaration(decl: Node) -> bool {
+    decl.kind() == "lexical_declaration"
+        && decl
+            .child_by_field_name("kind")
+            .is_some_and(|k| k.kind() == "const")
+}
+
+/// The names a destructuring pattern binds, in source order: identifiers and shorthand
+/// properties, not keys (`b` of `{b: c}`) nor defaults (`d` of `[x = d]`).
+fn pattern_names(pattern: Node) -> Vec<Node> {
+    let mut names = Vec::new();
+    let mut stack = vec![pattern];
+    while let Some(node) = stack.pop() {
+        match node.kind() {
+            "identifier" | "shorthand_property_identifier_pattern" => names.push(node),
+            "assignment_pattern" | "object_assignment_pattern" => {
+                stack.extend(node.child_by_field_name("left"));
+            }
+            "pair_pattern" => stack.extend(node.child_by_field_name("value")),
+            "array_pattern" | "object_pattern" | "rest_pattern" => {
+                let mut cursor = node.walk();
+                let children: Vec<Node> = node.named_children(&mut cursor).collect();
+                stack.extend(children.into_iter().rev());
+            }
+            _ => {}
+        }
+    }
+    names
+}
+
 /// JavaScript, TypeScript and TSX (one set of rules: the TypeScript node kinds never occur in
 /// a JavaScript tree).
 fn javascript(w: &mut Walk, node: Node, _depth: usize) -> Opens {
@@ -423,6 +453,16 @@ fn javascript(w: &mut Walk, node: Node, _depth: usize) -> Opens {
         }
         "variable_declarator" => {
             let name = node.child_by_field_name("name")?;
+            if matches!(name.kind(), "array_pattern" | "object_pattern") {
+                // `const [a, b] = …`, `const {a, b: c} = …` at module level: constants.
+                let decl = node.parent()?;
+                if const_declaration(decl) && module_level(decl) {
+                    for bound in pattern_names(name) {
+                        w.emit(bound, Kind::Constant);
+                    }
+                }
+                return None;
+            }
             if name.kind() != "identifier" {
                 return None;
             }
@@ -440,11 +480,7 @@ fn javascript(w: &mut Walk, node: Node, _depth: usize) -> Opens {
                 }
                 _ => {
                     let decl = node.parent()?;
-                    let is_const = decl.kind() == "lexical_declaration"
-                        && decl
-                            .child_by_field_name("kind")
-                            .is_some_and(|k| k.kind() == "const");
-                    if is_const && module_level(decl) {
+                    if const_declaration(decl) && module_level(decl) {
                         let name = w.emit(name, Kind::Constant)?;
                         return Some((name, ScopeKind::Other));
                     }

@@ -34,7 +34,8 @@
 //!   function named after the variable; classes (declarations, abstract, `x = class …`) →
 //!   class; class methods (incl. `constructor`, getters/setters, `#private`) → method;
 //!   object-literal methods and computed names are not indexed; a `const` at module level
-//!   (program, `export`, `declare`, or a namespace body) with another value → constant; TS
+//!   (program, `export`, `declare`, or a namespace body) with another value → constant, as is
+//!   each name bound by a module-level `const` destructuring pattern; TS
 //!   `interface` → interface (its method signatures → method); `type` alias and `enum` →
 //!   type; `namespace`/`module` → module (`declare module "x"` named `x`).
 //! - Java: class and record → class; interface and `@interface` → interface; enum → type;

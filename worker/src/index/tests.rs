@@ -133,6 +133,13 @@ fn javascript_symbols() {
             ("Thing", Class, 30, 7, None),
             ("run", Method, 31, 3, Some("Thing")),
             ("obj", Constant, 34, 7, None),
+            ("first", Constant, 38, 15, None),
+            ("second", Constant, 38, 24, None),
+            ("others", Constant, 38, 46, None),
+            ("alpha", Constant, 39, 9, None),
+            ("renamed", Constant, 39, 22, None),
+            ("gamma", Constant, 39, 31, None),
+            ("epsilon", Constant, 39, 51, None),
         ],
     );
 }

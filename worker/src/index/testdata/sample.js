@@ -34,3 +34,6 @@ const Thing = class Named {
 const obj = {
   method() {},
 };
+
+export const [first, , second = fallback, ...others] = list;
+const { alpha, beta: renamed, gamma = 1, delta: { epsilon } } = config;
