@@ -15,6 +15,7 @@ pub mod git;
 pub mod handlers;
 pub mod health;
 pub mod http;
+pub mod index;
 pub mod job;
 pub mod limits;
 pub mod metrics;
