@@ -105,14 +105,7 @@ impl Health {
         let Some(pool) = pool else {
             return Err("no database pool".into());
         };
-        let probe = async {
-            let client = pool.get().await.map_err(|e| e.to_string())?;
-            client
-                .simple_query("SELECT 1")
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<(), String>(())
-        };
+        let probe = async { crate::db::probe::ping(&pool).await.map_err(|e| e.to_string()) };
         // The body says what is wrong in general terms; the details go to the log (at most
         // once per [`PROBE_LOG_EVERY`], however many probes arrive).
         let detail = match tokio::time::timeout(Duration::from_secs(2), probe).await {

@@ -46,6 +46,7 @@ struct AppState {
     metrics: Arc<Metrics>,
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// Binds and serves until `stop` fires. Returns the bound address (useful with port 0).
 pub async fn serve(
     addr: SocketAddr,

@@ -6,28 +6,52 @@
 //! `health` answer probes; `telemetry` sets up logging and OTLP tracing; `metrics` is the
 //! Prometheus registry; `limits` holds the input limits; `cli` is the command line.
 
-pub mod artifacts;
+// The public API: what an embedder needs to host its own job kinds in this worker (see
+// `examples/custom_kind.rs`): start a [`Worker`] or run the whole CLI with
+// [`cli::main_with`], register [`Handler`]s in a [`Registry`], enqueue with [`enqueue`].
 pub mod boot;
 pub mod cli;
 pub mod config;
-pub mod db;
-pub mod git;
 pub mod handlers;
-pub mod health;
-pub mod http;
-pub mod index;
 pub mod job;
-pub mod limits;
-pub mod metrics;
-pub mod providers;
-pub mod redact;
-pub mod runtime;
-pub mod secrets;
-pub mod telemetry;
 pub mod worker;
+
+/// Declares the crate's internal modules: private to the crate, unless the `testing` feature
+/// (which only the `xtests` harness turns on) opens them to the integration tests.
+macro_rules! internal {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[cfg(feature = "testing")]
+            #[doc(hidden)]
+            pub mod $name;
+            #[cfg(not(feature = "testing"))]
+            mod $name;
+        )*
+    };
+}
+
+internal!(
+    artifacts, db, health, http, limits, metrics, providers, redact, runtime, secrets, telemetry,
+);
+// The fetch and index layers of `repo.index` (issue 16), used by the handler that lands with it.
+pub(crate) mod error_text;
+#[cfg_attr(not(feature = "testing"), allow(dead_code, unused_imports))]
+#[cfg(not(feature = "testing"))]
+mod git;
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod git;
+#[cfg_attr(not(feature = "testing"), allow(dead_code, unused_imports))]
+#[cfg(not(feature = "testing"))]
+mod index;
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod index;
 
 /// This build's version, as reported in `lettuce.workers` and logs.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub use db::jobs::{NewJob, enqueue, enqueue_many};
+pub use handlers::{Handler, HandlerError, JobContext, JobInfo, Registry};
+pub use job::JobState;
 pub use worker::{Worker, WorkerHandle, WorkerStatus};

@@ -3,16 +3,11 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use lettuce_worker::cli::{Cli, dispatch};
-use lettuce_worker::config::process_env;
-
 /// Names the checkout this binary was built from (the test harness looks for it).
 static BUILD_SOURCE: &str = concat!("lettuce-build-source:", env!("LETTUCE_BUILD_SOURCE"), ";");
 
 #[tokio::main]
 async fn main() -> ExitCode {
     std::hint::black_box(BUILD_SOURCE);
-    let cli = Cli::parse();
-    dispatch(cli, process_env()).await
+    lettuce_worker::cli::main_with(|_| {}).await
 }

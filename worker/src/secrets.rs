@@ -173,7 +173,7 @@ impl VaultSource {
             .await
             .map_err(|e| SecretError::Unreachable {
                 store: store.clone(),
-                error: error_chain(&e),
+                error: crate::error_text::full(&e),
             })?;
         let status = response.status().as_u16();
         match status {
@@ -291,18 +291,6 @@ impl AwsSource {
             }
         }
     }
-}
-
-/// The full cause chain of an error in one line (reqwest hides the useful part in sources).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// The secret variables a store is asked for: every secret except the store's own credential.

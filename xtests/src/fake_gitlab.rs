@@ -322,7 +322,7 @@ async fn handle(
         return message(404, "404 Project Not Found");
     };
     let pid = project.id;
-    let out = match route {
+    match route {
         PROJECT => json_response(200, &project_json(&base, project)),
         LIST_HOOKS => json_response(
             200,
@@ -348,7 +348,7 @@ async fn handle(
             let out = hook_json(pid, &hook);
             project.hooks.push(hook);
             g.next_id = next_id;
-            return json_response(201, &out);
+            json_response(201, &out)
         }
         UPDATE_HOOK => {
             let Ok(body) = serde_json::from_slice::<Value>(&body) else {
@@ -365,6 +365,5 @@ async fn handle(
             json_response(200, &hook_json(pid, hook))
         }
         _ => message(404, "404 Not Found"),
-    };
-    out
+    }
 }

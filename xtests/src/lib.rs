@@ -239,7 +239,16 @@ pub struct WorkerProcess {
 impl WorkerProcess {
     /// Starts `worker <args>` with exactly `env` (plus PATH and HOME).
     pub fn start(args: &[&str], env: &HashMap<String, String>) -> WorkerProcess {
-        let mut cmd = Command::new(worker_bin());
+        WorkerProcess::start_program(&worker_bin(), args, env)
+    }
+
+    /// Starts another program built on the worker library (an embedder's binary) the same way.
+    pub fn start_program(
+        program: &std::path::Path,
+        args: &[&str],
+        env: &HashMap<String, String>,
+    ) -> WorkerProcess {
+        let mut cmd = Command::new(program);
         cmd.args(args)
             .env_clear()
             .envs(env)

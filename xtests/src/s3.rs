@@ -5,7 +5,7 @@
 //! and `restart` creates the bucket again. Path-style addressing, as MinIO deployments use.
 
 use std::collections::HashMap;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -157,11 +157,4 @@ impl Drop for MotoServer {
     }
 }
 
-/// A port nobody listens on right now (bound and released; the small race is acceptable for
-/// tests).
-pub fn free_port() -> u16 {
-    TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind a loopback port")
-}
+pub use crate::services::free_port;

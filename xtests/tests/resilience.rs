@@ -258,13 +258,7 @@ async fn sigterm_drains_within_the_grace_and_hands_back_the_rest() {
     assert_eq!(job_row(&client, long).await.0, "available");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use xtests::services::free_port;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn chaos_sigkill_workers_while_thousands_of_jobs_run() {

@@ -36,7 +36,6 @@ use crate::artifacts::ArtifactStore;
 use crate::boot::{github, license, telemetry};
 use crate::config::{Config, Env, RawConfig};
 use crate::db;
-use crate::secrets::error_chain;
 
 mod probes;
 
@@ -901,7 +900,7 @@ async fn receiver_check(
             format!(
                 "{} unreachable: {}; {receipt_text}",
                 decision.url,
-                error_chain(&e)
+                crate::error_text::full(&e)
             ),
             "allow outbound HTTPS to the receiver (or set LETTUCE_TELEMETRY_URL to your proxy); the worker runs anyway",
         ),

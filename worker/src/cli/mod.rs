@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 
 use crate::boot::BootError;
 use crate::config::{Config, Env, LogFormat};
+use crate::handlers::Registry;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -62,8 +63,22 @@ pub enum Command {
     Healthcheck,
 }
 
-/// Runs the parsed command with the given environment and returns the exit code.
+/// The whole `worker` command line (`run`, `check-config`, `jobs`, `schema`, `healthcheck`, …)
+/// with the embedder's own job kinds: `register` adds them to the registry `worker run` builds
+/// (the worker's own kinds stay). An embedder's `main` is one call; see
+/// `examples/custom_kind.rs`.
+pub async fn main_with(register: impl FnOnce(&mut Registry)) -> ExitCode {
+    dispatch_with(Cli::parse(), crate::config::process_env(), register).await
+}
+
+/// Runs the parsed command with the given environment and the worker's own job kinds, and
+/// returns the exit code.
 pub async fn dispatch(cli: Cli, env: Env) -> ExitCode {
+    dispatch_with(cli, env, |_| {}).await
+}
+
+/// [`dispatch`] with extra job kinds for `run`.
+pub async fn dispatch_with(cli: Cli, env: Env, register: impl FnOnce(&mut Registry)) -> ExitCode {
     let command = cli.command.unwrap_or(Command::Run);
     // Commands that need no configuration.
     match command {
@@ -123,7 +138,7 @@ pub async fn dispatch(cli: Cli, env: Env) -> ExitCode {
         log_secret_sources(&config);
         let code = match command {
             Command::Enqueue(args) => enqueue::run(args, config).await,
-            _ => run(config).await,
+            _ => run(config, register).await,
         };
         // Flush what the batch exporter still holds (the last attempts before SIGTERM, the
         // enqueue's span).
@@ -171,8 +186,9 @@ pub(crate) fn fail(message: &str, code: u8) -> ExitCode {
     ExitCode::from(code)
 }
 
-async fn run(config: Config) -> ExitCode {
-    let registry = crate::handlers::registry_for(&config);
+async fn run(config: Config, register: impl FnOnce(&mut Registry)) -> ExitCode {
+    let mut registry = crate::handlers::registry_for(&config);
+    register(&mut registry);
     match crate::boot::run(config, registry, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

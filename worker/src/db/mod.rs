@@ -3,11 +3,24 @@
 //! - `mod.rs`: the shared pool and the boot-time connect-with-retry (creating the database when
 //!   it is missing, so a fresh machine needs no manual `createdb`).
 //! - `schema.rs`: the embedded statement list, applied under an advisory lock.
-//! - `jobs.rs`: one function per job statement, each fenced where the contract asks (ARCHITECTURE.md "Invariants").
+//! - `jobs/`: one function per job statement, split by audience (enqueue, attempt, upkeep,
+//!   steer), each fenced where the contract asks (ARCHITECTURE.md "Job states").
 //! - `listener.rs`: the dedicated LISTEN connection and its reconnect loop.
 //! - `workers.rs`: presence rows in `lettuce.workers`.
 //! - `telemetry.rs`: the daily heartbeat's per-day claim, receipt and reported figures.
 //! - `tls.rs`: TLS to Postgres with libpq's `sslmode` meanings (rustls).
+
+/// The presence upsert of a worker row (`lettuce.workers`): registration and every lease
+/// heartbeat write it; the five placeholders are id, hostname, pid, version and queues.
+macro_rules! presence_upsert {
+    ($id:literal, $host:literal, $pid:literal, $version:literal, $queues:literal) => {
+        concat!(
+            "INSERT INTO lettuce.workers (id, hostname, pid, version, queues) VALUES (",
+            $id, ", ", $host, ", ", $pid, ", ", $version, ", ", $queues,
+            ") ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()"
+        )
+    };
+}
 
 pub mod deliveries;
 pub mod diag;

@@ -42,3 +42,10 @@ pub async fn server_facts(pool: &DbPool) -> Result<ServerFacts, DbError> {
         can_create: row.get(5),
     })
 }
+
+/// One round trip on a connection of `pool`: the readiness probe.
+pub async fn ping(pool: &DbPool) -> Result<(), DbError> {
+    let client = pool.get().await?;
+    client.simple_query("SELECT 1").await?;
+    Ok(())
+}

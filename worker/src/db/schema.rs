@@ -65,6 +65,7 @@ impl StatementList<'_> {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// The embedded list's digest.
 pub fn digest() -> String {
     EMBEDDED.digest()

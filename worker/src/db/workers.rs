@@ -57,8 +57,7 @@ pub async fn register(pool: &DbPool, w: &WorkerRow) -> Result<(), DbError> {
     let client = pool.get().await?;
     client
         .execute(
-            "INSERT INTO lettuce.workers (id, hostname, pid, version, queues) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
+            presence_upsert!("$1", "$2", "$3", "$4", "$5"),
             &[&w.id, &w.hostname, &w.pid, &w.version, &w.queues],
         )
         .await?;
@@ -85,6 +84,7 @@ pub async fn sweep_stale(pool: &DbPool, stale_after: Duration) -> Result<Vec<Str
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// Live rows (what telemetry reports as `workers_active`).
 pub async fn count_active(pool: &DbPool) -> Result<i64, DbError> {
     let client = pool.get().await?;

@@ -83,12 +83,7 @@ fn transport_error(
     } else {
         "request failed".to_string()
     };
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
+    text.push_str(&crate::error_text::causes(e));
     let url = url.split('?').next().unwrap_or(url);
     ProviderError::Unavailable(format!("{provider} {method} {url}: {text}"))
 }

@@ -119,11 +119,16 @@ impl PeriodicTask for Rescuer {
             .iter()
             .filter(|r| r.state == JobState::Discarded.as_str())
             .count();
+        let mut ids: Vec<String> = total.iter().take(10).map(|r| r.id.to_string()).collect();
+        if total.len() > ids.len() {
+            ids.push("…".into());
+        }
         Ok(Some(format!(
-            "rescued {} jobs with expired leases ({} discarded, attempts spent) from presumed-dead workers: {}",
+            "rescued {} jobs with expired leases ({} discarded, attempts spent) from presumed-dead workers: {} (jobs {})",
             total.len(),
             discarded,
-            workers.join(", ")
+            workers.join(", "),
+            ids.join(", ")
         )))
     }
 }

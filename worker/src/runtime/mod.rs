@@ -272,7 +272,7 @@ pub async fn run(
         deps.metrics.set_heartbeat(h.clone());
     }
     let completer_closed = CancellationToken::new();
-    let slots: usize = config.queues.iter().map(|q| q.concurrency).sum();
+    let slots = config.total_concurrency();
     let completer = tokio::spawn(completer::run(
         shared.clone(),
         rx,

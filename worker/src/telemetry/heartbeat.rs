@@ -28,6 +28,7 @@ use crate::db::{self, DbError, DbPool};
 use crate::runtime::jitter;
 use crate::runtime::periodic::{PeriodicTask, TaskBoard, Trigger, drive};
 
+#[cfg(any(test, feature = "testing"))]
 /// The body's fields, in order. The contract: adding or removing one is a breaking change to
 /// what customers were promised, and tests pin this list.
 pub const FIELDS: [&str; 12] = [
@@ -537,23 +538,14 @@ fn db_error_text(e: &DbError) -> String {
 /// An error with its sources, since reqwest's top line alone ("error sending request") hides
 /// the cause. The URL is left out: it could carry credentials.
 fn error_chain(e: &reqwest::Error) -> String {
-    let mut text = if e.is_timeout() {
-        "timed out".to_string()
+    let text = if e.is_timeout() {
+        format!("timed out{}", crate::error_text::causes(e))
     } else {
-        String::new()
+        crate::error_text::causes(e)
+            .trim_start_matches(": ")
+            .to_string()
     };
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    if text.is_empty() {
-        text = e.to_string();
-    }
-    text
+    if text.is_empty() { e.to_string() } else { text }
 }
 
 #[cfg(test)]

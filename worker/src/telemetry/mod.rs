@@ -61,6 +61,7 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
+    #[cfg(any(test, feature = "testing"))]
     /// True when spans are exported.
     pub fn exporting(&self) -> bool {
         self.provider.is_some()
@@ -445,6 +446,7 @@ fn sanitize_url(url: &str) -> (String, String) {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 /// The W3C `traceparent` of the current span, when a sampled or unsampled trace is active and
 /// exported; `None` otherwise (no exporter: nothing to link to).
 pub fn current_traceparent() -> Option<String> {

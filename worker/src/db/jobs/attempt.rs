@@ -385,11 +385,9 @@ pub async fn heartbeat(
 }
 
 const HEARTBEAT_SQL: &str = concat!(
-    "WITH w AS (
-    INSERT INTO lettuce.workers (id, hostname, pid, version, queues)
-    VALUES ($4, $5, $6, $7, $8)
-    ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
-)
+    "WITH w AS (",
+    presence_upsert!("$4", "$5", "$6", "$7", "$8"),
+    ")
 UPDATE lettuce.job_queue j SET lease_expires_at = now() + $3 * interval '1 millisecond'
   FROM (SELECT u.*, $4::text AS me, 'running'::text AS running
           FROM unnest($1::int8[], $2::int4[]) AS u(id, attempt)

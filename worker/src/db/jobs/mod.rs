@@ -49,7 +49,7 @@ pub mod upkeep;
 pub use attempt::{ArtifactRow, ClaimedJob, Completion, claim_batch, complete_batch, heartbeat};
 pub use enqueue::{NewJob, enqueue, enqueue_many};
 pub use steer::{JobRow, ListFilter, SteerError, cancel, get, list, retry};
-pub use upkeep::{DepthRow, Rescued, prune, queue_depth, rescue_expired, take_turn};
+pub use upkeep::{prune, queue_depth, rescue_expired, take_turn};
 
 /// Postgres NOTIFY channel; the payload is the queue name.
 pub const CHANNEL: &str = channel!();
