@@ -6,7 +6,7 @@ use ed25519_dalek::SigningKey;
 use libfuzzer_sys::fuzz_target;
 use time::macros::datetime;
 
-#[path = "../../worker/src/boot/license/token.rs"]
+#[path = "../../worker/src/license/token.rs"]
 #[allow(dead_code)]
 mod token;
 

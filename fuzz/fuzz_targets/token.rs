@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 use time::macros::datetime;
 
 // The exact source the worker compiles, without the rest of the worker.
-#[path = "../../worker/src/boot/license/token.rs"]
+#[path = "../../worker/src/license/token.rs"]
 #[allow(dead_code)]
 mod token;
 

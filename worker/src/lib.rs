@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod handlers;
 pub mod job;
+pub mod license;
 pub mod worker;
 
 /// Declares the crate's internal modules: private to the crate, unless the `testing` feature
@@ -31,7 +32,18 @@ macro_rules! internal {
 }
 
 internal!(
-    artifacts, db, health, http, limits, metrics, providers, redact, runtime, secrets, telemetry,
+    artifacts,
+    db,
+    health,
+    heartbeat,
+    http,
+    limits,
+    metrics,
+    observability,
+    providers,
+    redact,
+    runtime,
+    secrets,
 );
 // The fetch and index layers of `repo.index` (issue 16), used by the handler that lands with it.
 pub(crate) mod error_text;

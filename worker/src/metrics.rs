@@ -50,7 +50,7 @@ use prometheus_client::registry::Registry;
 
 use crate::db::DbPool;
 use crate::db::listener::ListenerStats;
-use crate::telemetry::heartbeat::HeartbeatHandle;
+use crate::heartbeat::HeartbeatHandle;
 
 mod process;
 

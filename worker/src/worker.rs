@@ -31,9 +31,9 @@ use crate::config::Config;
 use crate::db;
 use crate::handlers::{Registry, Services};
 use crate::health::Health;
+use crate::heartbeat::HeartbeatConfig;
 use crate::metrics::Metrics;
 use crate::runtime::{self, Deps, RuntimeHandle};
-use crate::telemetry::heartbeat::HeartbeatConfig;
 
 /// A worker to start: configuration, gate facts, job kinds, and optional overrides.
 pub struct Worker {

@@ -83,9 +83,9 @@ fn no_source_file_grows_past_600_lines() {
         "git/mod.rs",
         "metrics.rs",
         "providers/github.rs",
-        "telemetry/heartbeat.rs",
-        "telemetry/mod.rs",
-        "telemetry/otlp.rs",
+        "heartbeat/mod.rs",
+        "observability/mod.rs",
+        "observability/otlp.rs",
         "artifacts/s3.rs",
     ];
     let root = worker_src();

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lettuce_worker::boot::license::{self, Claims};
 use lettuce_worker::config::{Env, RawConfig};
+use lettuce_worker::license::{self, Claims};
 use lettuce_worker::secrets::SecretSource;
 use xtests::fake_github::{AppKey, FakeGithub};
 use xtests::services::{Moto, Vault, free_port};

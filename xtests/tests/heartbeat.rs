@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use lettuce_worker::WorkerHandle;
 use lettuce_worker::config::Config;
-use lettuce_worker::telemetry::heartbeat::{HeartbeatConfig, HeartbeatHandle};
+use lettuce_worker::heartbeat::{HeartbeatConfig, HeartbeatHandle};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio_postgres::Client;
@@ -224,7 +224,7 @@ impl Worker {
 }
 
 /// A clock the test can move, in whole seconds from the real one.
-fn movable_clock() -> (lettuce_worker::telemetry::heartbeat::Clock, Arc<AtomicI64>) {
+fn movable_clock() -> (lettuce_worker::heartbeat::Clock, Arc<AtomicI64>) {
     let offset = Arc::new(AtomicI64::new(0));
     let o = offset.clone();
     let clock = Arc::new(move || {
@@ -706,7 +706,7 @@ async fn seven_days_without_receipt_warns_once_a_day() {
     // check-config's view of the same state.
     let config = Config::load(&db.env()).unwrap();
     let pool = lettuce_worker::boot::connect(&config).await.unwrap();
-    let status = lettuce_worker::telemetry::heartbeat::status(&pool, now(&offset))
+    let status = lettuce_worker::heartbeat::status(&pool, now(&offset))
         .await
         .unwrap();
     assert_eq!(status.receipt_age.unwrap().whole_days(), 6);
@@ -783,10 +783,10 @@ async fn dev_mode_never_sends() {
 /// directory, the receiver at `url`.
 fn licensed_env(
     db: &TestDb,
-    claims: &lettuce_worker::boot::license::Claims,
+    claims: &lettuce_worker::license::Claims,
     url: &str,
 ) -> HashMap<String, String> {
-    use lettuce_worker::boot::license;
+    use lettuce_worker::license;
     let dir = std::env::temp_dir().join(format!("{}-lic", db.name));
     std::fs::create_dir_all(&dir).unwrap();
     let key = license::generate_signing_key();
@@ -816,9 +816,9 @@ fn licensed_env(
     env
 }
 
-fn license_claims(required: bool) -> lettuce_worker::boot::license::Claims {
+fn license_claims(required: bool) -> lettuce_worker::license::Claims {
     let now = OffsetDateTime::now_utc().unix_timestamp();
-    lettuce_worker::boot::license::Claims {
+    lettuce_worker::license::Claims {
         sub: "Initech".into(),
         jti: format!("lic-{:08x}", rand::random::<u32>()),
         iat: Some(now - 86_400),

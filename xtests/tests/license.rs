@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lettuce_worker::boot::license::{self, Claims};
+use lettuce_worker::license::{self, Claims};
 use time::OffsetDateTime;
 use xtests::{TestDb, WorkerProcess, admin_url, connect, run_worker};
 

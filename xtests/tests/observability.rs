@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::routing::post;
 use lettuce_worker::NewJob;
-use lettuce_worker::telemetry::{SPAN_TARGET, otel_layer};
+use lettuce_worker::observability::{SPAN_TARGET, otel_layer};
 use opentelemetry::trace::{SpanKind, Status};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{KeyValue as PKeyValue, any_value};

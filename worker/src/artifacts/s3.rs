@@ -107,7 +107,7 @@ impl S3Store {
         F: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
     {
         let url = format!("{}/{key}", self.url_base);
-        let span = crate::telemetry::s3_client_span(operation, method, &url, &self.bucket, key);
+        let span = crate::observability::s3_client_span(operation, method, &url, &self.bucket, key);
         async move {
             let result = request.instrument(span.clone()).await;
             record_outcome(&span, &result);
@@ -468,7 +468,7 @@ where
                 span.record("http.response.status_code", status);
             }
             if status.is_none_or(|s| s >= 300) {
-                crate::telemetry::record_error(span, &DisplayErrorContext(err));
+                crate::observability::record_error(span, &DisplayErrorContext(err));
             }
         }
     }

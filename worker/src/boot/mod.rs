@@ -7,10 +7,10 @@
 //!
 //! then the runtime. `check-config` calls the same gate functions in report mode.
 
-pub mod entitlements;
 pub mod github;
-pub mod license;
-pub mod telemetry;
+
+use crate::heartbeat::decision as telemetry;
+use crate::license::{self, entitlements};
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use crate::artifacts::ArtifactStore;
 use crate::config::{Config, ConfigError};
 use crate::db::{self, DbError, DbPool};
 use crate::handlers::Registry;
-use crate::telemetry::heartbeat::HeartbeatConfig;
+use crate::heartbeat::HeartbeatConfig;
 
 /// Why the worker did not start (or stopped with an error). Each maps to an exit code.
 #[derive(Debug, thiserror::Error)]

@@ -33,9 +33,11 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::artifacts::ArtifactStore;
-use crate::boot::{github, license, telemetry};
+use crate::boot::github;
 use crate::config::{Config, Env, RawConfig};
 use crate::db;
+use crate::heartbeat::decision as telemetry;
+use crate::license;
 
 mod probes;
 
@@ -849,9 +851,9 @@ fn version_check(version_num: i32, version: &str) -> Check {
     }
 }
 
-async fn receipt_status(config: &Config) -> Option<crate::telemetry::heartbeat::HeartbeatStatus> {
+async fn receipt_status(config: &Config) -> Option<crate::heartbeat::HeartbeatStatus> {
     let pool = db::pool_for_url(config.database_url.expose(), 1).ok()?;
-    let status = crate::telemetry::heartbeat::status(&pool, OffsetDateTime::now_utc());
+    let status = crate::heartbeat::status(&pool, OffsetDateTime::now_utc());
     tokio::time::timeout(PROBE_TIMEOUT, status).await.ok()?.ok()
 }
 

@@ -26,8 +26,8 @@ use rand::TryRngCore as _;
 use time::OffsetDateTime;
 
 use super::fail;
-use crate::boot::license::{self, LicenseError};
 use crate::config::Env;
+use crate::license::{self, LicenseError};
 
 /// The vendor's Ed25519 public key, compiled in. This copy is a DEV key; release builds replace
 /// `worker/assets/public.pem` with the production key before compiling.

@@ -1,5 +1,5 @@
 //! `worker license keygen|mint|inspect`: vendor and developer tooling around the license gate.
-//! The rules live in `boot::license`; this file parses flags, reads and writes the key files and
+//! The rules live in `license`; this file parses flags, reads and writes the key files and
 //! prints. `inspect` exits 3 with the gate's own error line, so it answers "would this boot?".
 
 use std::fs;
@@ -11,8 +11,8 @@ use ed25519_dalek::pkcs8::EncodePrivateKey as _;
 use time::OffsetDateTime;
 
 use super::fail;
-use crate::boot::license::{self, Claims, LicenseError, MAX_TIMESTAMP};
 use crate::config::Env;
+use crate::license::{self, Claims, LicenseError, MAX_TIMESTAMP};
 
 /// Where `inspect` looks for the public key and the cache when neither flag nor env names one
 /// (the documented defaults).

@@ -92,12 +92,12 @@ pub async fn dispatch_with(cli: Cli, env: Env, register: impl FnOnce(&mut Regist
         }
         Command::Healthcheck => {
             // Liveness reads only its address: no secret store, no database.
-            crate::telemetry::init_logging(log_format_hint(&env));
+            crate::observability::init_logging(log_format_hint(&env));
             return healthcheck::run(&env).await;
         }
         Command::CheckConfig(args) => {
             // check-config reports a configuration that does not load as a failed check.
-            crate::telemetry::init_logging(log_format_hint(&env));
+            crate::observability::init_logging(log_format_hint(&env));
             return check_config::run_env(args, &env).await;
         }
         _ => {}
@@ -114,7 +114,7 @@ pub async fn dispatch_with(cli: Cli, env: Env, register: impl FnOnce(&mut Regist
     let config = match Config::load_with_secrets_only(&env, secrets).await {
         Ok(c) => c,
         Err(e) => {
-            crate::telemetry::init_logging(log_format_hint(&env));
+            crate::observability::init_logging(log_format_hint(&env));
             return fail(&BootError::Config(e).to_string(), 2);
         }
     };
@@ -122,8 +122,8 @@ pub async fn dispatch_with(cli: Cli, env: Env, register: impl FnOnce(&mut Regist
         // `run` and `enqueue` export spans (enqueue its producer span, so the job's trace
         // starts there); the exporter is built here, inside the runtime. The resource's
         // `service.instance.id` is the worker id `run` registers under.
-        let telemetry = match crate::telemetry::otlp::settings_from_env(&env).and_then(|s| {
-            crate::telemetry::init(
+        let telemetry = match crate::observability::otlp::settings_from_env(&env).and_then(|s| {
+            crate::observability::init(
                 config.log_format,
                 s.as_ref(),
                 crate::db::workers::process_worker_id(),
@@ -131,7 +131,7 @@ pub async fn dispatch_with(cli: Cli, env: Env, register: impl FnOnce(&mut Regist
         }) {
             Ok(t) => t,
             Err(e) => {
-                crate::telemetry::init_logging(config.log_format);
+                crate::observability::init_logging(config.log_format);
                 return fail(&e.to_string(), 2);
             }
         };
@@ -145,7 +145,7 @@ pub async fn dispatch_with(cli: Cli, env: Env, register: impl FnOnce(&mut Regist
         telemetry.shutdown().await;
         return code;
     }
-    crate::telemetry::init_logging(config.log_format);
+    crate::observability::init_logging(config.log_format);
     log_secret_sources(&config);
     match command {
         Command::Run | Command::Enqueue(_) => unreachable!("handled above"),

@@ -12,7 +12,7 @@ const RECORD_SQL: &str = "WITH ins AS (
 /// A `db.record_execution` client span, a child of the job span the handler runs in.
 pub async fn record_execution(pool: &DbPool, job: &JobInfo) -> Result<i64, DbError> {
     super::traced(
-        crate::telemetry::sql_span(
+        crate::observability::sql_span(
             "db.record_execution",
             "INSERT",
             "lettuce.diag_executions",

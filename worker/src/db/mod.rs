@@ -366,8 +366,8 @@ pub fn build_pool(mut cfg: PgConfig, tls: Tls, pool_size: usize) -> DbPool {
     if let Some(host) = cfg.get_hosts().first() {
         let port = cfg.get_ports().first().copied().unwrap_or(5432);
         match host {
-            Host::Tcp(h) => crate::telemetry::set_db_server(h.clone(), Some(port)),
-            Host::Unix(dir) => crate::telemetry::set_db_server(dir.display().to_string(), None),
+            Host::Tcp(h) => crate::observability::set_db_server(h.clone(), Some(port)),
+            Host::Unix(dir) => crate::observability::set_db_server(dir.display().to_string(), None),
         }
     }
     let mgr = Manager::from_config(
@@ -402,7 +402,7 @@ pub(crate) async fn traced<T>(
             Ok(v) => {
                 span.record("db.rows", rows(v) as u64);
             }
-            Err(e) => crate::telemetry::record_error(&span, e),
+            Err(e) => crate::observability::record_error(&span, e),
         }
     }
     result

@@ -20,10 +20,10 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::artifacts::{ArtifactStore, key_for};
-use crate::boot::entitlements::{Entitlements, LimitReached};
 use crate::boot::github::{GithubApp, GithubStatus};
 use crate::db::DbPool;
 use crate::db::jobs::ArtifactRow;
+use crate::license::entitlements::{Entitlements, LimitReached};
 
 /// What a handler's failure asks of the runtime.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -12,7 +12,7 @@
 //!
 //! Every request: connect and total timeouts, no redirects, `User-Agent:
 //! lettuce-worker/<version>`, `Accept: application/vnd.github+json`, `X-GitHub-Api-Version`,
-//! and an HTTP client span (`telemetry::http_client_span`) under the caller's span. Tokens
+//! and an HTTP client span (`observability::http_client_span`) under the caller's span. Tokens
 //! travel only in the `Authorization` header, marked sensitive.
 
 use std::collections::HashMap;
@@ -354,7 +354,7 @@ impl GithubClient {
         body: Option<&Value>,
     ) -> Result<Answer, ProviderError> {
         let url = format!("{}{path}", self.endpoints.api);
-        let span = crate::telemetry::http_client_span(method.as_str(), &url);
+        let span = crate::observability::http_client_span(method.as_str(), &url);
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", bearer.expose()))
             .map_err(|_| ProviderError::Rejected("credential is not a header value".into()))?;
         auth.set_sensitive(true);

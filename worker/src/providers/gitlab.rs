@@ -9,7 +9,7 @@
 //!
 //! Every request: the same connect and total timeouts as GitHub's client, no redirects,
 //! `User-Agent: lettuce-worker/<version>`, and an HTTP client span
-//! (`telemetry::http_client_span`) under the caller's span. Clone URLs are built from
+//! (`observability::http_client_span`) under the caller's span. Clone URLs are built from
 //! `GITLAB_HOST`, not taken from GitLab's `http_url_to_repo` (which follows the instance's
 //! `external_url`): the token goes only to the host the operator configured.
 
@@ -304,7 +304,7 @@ impl GitlabClient {
         body: Option<&Value>,
     ) -> Result<Answer, ProviderError> {
         let url = format!("{}{path}", self.endpoints.api);
-        let span = crate::telemetry::http_client_span(method.as_str(), &url);
+        let span = crate::observability::http_client_span(method.as_str(), &url);
         let mut token = HeaderValue::from_str(self.token.expose()).map_err(|_| {
             ProviderError::Rejected("GITLAB_TOKEN is not a valid header value".into())
         })?;

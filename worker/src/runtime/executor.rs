@@ -20,7 +20,7 @@ pub(crate) fn spawn(shared: &Arc<Shared>, mut job: ClaimedJob, permit: OwnedSema
     let cancelled = Arc::new(AtomicBool::new(false));
     // One span per attempt; disabled (and free) when no exporter is configured. Made here so
     // the lease heartbeat and the completion can link to it.
-    let span = crate::telemetry::job_span(
+    let span = crate::observability::job_span(
         job.id,
         &job.kind,
         &job.queue,
@@ -28,7 +28,7 @@ pub(crate) fn spawn(shared: &Arc<Shared>, mut job: ClaimedJob, permit: OwnedSema
         job.traceparent.as_deref(),
         job.claim_span.as_ref(),
     );
-    job.attempt_span = crate::telemetry::span_context(&span);
+    job.attempt_span = crate::observability::span_context(&span);
     shared.inflight.lock().expect("inflight lock").insert(
         job.id,
         Held {
@@ -65,7 +65,7 @@ pub(crate) fn spawn(shared: &Arc<Shared>, mut job: ClaimedJob, permit: OwnedSema
             Some(Outcome::Retry { error } | Outcome::Discard { error }) => Some(error.as_str()),
             _ => None,
         };
-        crate::telemetry::record_outcome(&span, label, error);
+        crate::observability::record_outcome(&span, label, error);
         drop(span);
         let ran_for = started.elapsed();
         match outcome {

@@ -26,7 +26,7 @@ const DELIVERY_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub(crate) fn spawn_all(
     tracker: &TaskTracker,
     shared: &Shared,
-    license: Option<crate::boot::license::Claims>,
+    license: Option<crate::license::Claims>,
     board: &TaskBoard,
     stop: CancellationToken,
 ) {
@@ -54,7 +54,7 @@ pub(crate) fn spawn_all(
         retention: config.retention,
     });
     if let Some(claims) = license {
-        start!(super::license_watch::LicenseWatch { claims });
+        start!(crate::license::watch::LicenseWatch { claims });
     }
     start!(Reindexer {
         pool: pool.clone(),

@@ -9,7 +9,6 @@
 pub mod completer;
 pub mod executor;
 pub mod lease;
-pub mod license_watch;
 pub mod maintenance;
 pub mod outcome;
 pub mod periodic;
@@ -33,7 +32,7 @@ use crate::db::{self, DbPool};
 use crate::handlers::{Registry, Services};
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::telemetry::heartbeat::{self, HeartbeatConfig, HeartbeatHandle};
+use crate::heartbeat::{self, HeartbeatConfig, HeartbeatHandle};
 use outcome::RetryPolicy;
 
 /// Attempts in flight in this process, by job id. The lease keeper reads it; executors add;
@@ -82,7 +81,7 @@ pub struct Deps {
     /// Per-attempt metrics, also read by `/metrics`.
     pub metrics: Arc<Metrics>,
     /// The verified license's claims, for the daily license watch; `None` when not self-hosted.
-    pub license: Option<crate::boot::license::Claims>,
+    pub license: Option<crate::license::Claims>,
 }
 
 /// State shared by the runtime's tasks.

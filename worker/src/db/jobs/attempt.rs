@@ -70,21 +70,21 @@ pub async fn claim_batch(
     lease: Duration,
 ) -> Result<Vec<ClaimedJob>, DbError> {
     let span =
-        crate::telemetry::sql_span("db.claim_batch", "UPDATE", "lettuce.job_queue", CLAIM_SQL);
+        crate::observability::sql_span("db.claim_batch", "UPDATE", "lettuce.job_queue", CLAIM_SQL);
     let mut result = claim_batch_sql(pool, queue, kinds, limit, worker_id, lease)
         .instrument(span.clone())
         .await;
     record_sql(&span, &result, |jobs| jobs.len());
     if let (false, Ok(jobs)) = (span.is_disabled(), &mut result) {
         // The claim links to the producers (the stored traceparents); each job links back.
-        let claim = crate::telemetry::span_context(&span);
+        let claim = crate::observability::span_context(&span);
         for job in jobs.iter_mut() {
             if let Some(producer) = job
                 .traceparent
                 .as_deref()
-                .and_then(crate::telemetry::span_context_from_traceparent)
+                .and_then(crate::observability::span_context_from_traceparent)
             {
-                crate::telemetry::add_links(&span, [&producer]);
+                crate::observability::add_links(&span, [&producer]);
             }
             job.claim_span = claim.clone();
         }
@@ -264,8 +264,8 @@ pub async fn complete_batch(
         REQUEUE_SQL
     };
     let span =
-        crate::telemetry::sql_span("db.complete_batch", "UPDATE", "lettuce.job_queue", shown);
-    crate::telemetry::add_links(&span, batch.iter().filter_map(|c| c.span.as_ref()));
+        crate::observability::sql_span("db.complete_batch", "UPDATE", "lettuce.job_queue", shown);
+    crate::observability::add_links(&span, batch.iter().filter_map(|c| c.span.as_ref()));
     let result = complete_batch_sql(pool, worker_id, batch, artifacts)
         .instrument(span.clone())
         .await;
@@ -375,8 +375,8 @@ pub async fn heartbeat(
     lease: Duration,
 ) -> Result<Vec<i64>, DbError> {
     let span =
-        crate::telemetry::sql_span("db.heartbeat", "UPDATE", "lettuce.job_queue", HEARTBEAT_SQL);
-    crate::telemetry::add_links(&span, attempt_spans);
+        crate::observability::sql_span("db.heartbeat", "UPDATE", "lettuce.job_queue", HEARTBEAT_SQL);
+    crate::observability::add_links(&span, attempt_spans);
     let result = heartbeat_sql(pool, worker, held, lease)
         .instrument(span.clone())
         .await;

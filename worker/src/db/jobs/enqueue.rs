@@ -80,11 +80,11 @@ impl NewJob {
 /// `traceparent` set, that span's context is stored, so the job's span becomes its child.
 pub async fn enqueue(client: &impl GenericClient, job: &NewJob) -> Result<i64, DbError> {
     job.check()?;
-    let span = crate::telemetry::producer_span(Some(&job.queue), 1);
+    let span = crate::observability::producer_span(Some(&job.queue), 1);
     let traceparent = job
         .traceparent
         .clone()
-        .or_else(|| crate::telemetry::traceparent_of(&span));
+        .or_else(|| crate::observability::traceparent_of(&span));
     let result = enqueue_sql(client, job, &traceparent)
         .instrument(span.clone())
         .await;
@@ -93,7 +93,7 @@ pub async fn enqueue(client: &impl GenericClient, job: &NewJob) -> Result<i64, D
             span.record("messaging.message.id", id.to_string().as_str());
         }
         Ok(_) => {}
-        Err(e) => crate::telemetry::record_error(&span, e),
+        Err(e) => crate::observability::record_error(&span, e),
     }
     result
 }
@@ -135,7 +135,7 @@ pub async fn enqueue_many(
         .first()
         .map(|j| j.queue.as_str())
         .filter(|q| jobs.iter().all(|j| j.queue == *q));
-    let span = crate::telemetry::producer_span(queue, jobs.len());
+    let span = crate::observability::producer_span(queue, jobs.len());
     let result = enqueue_many_sql(client, jobs, &span)
         .instrument(span.clone())
         .await;
@@ -144,7 +144,7 @@ pub async fn enqueue_many(
             span.record("messaging.message.id", ids[0].to_string().as_str());
         }
         Ok(_) => {}
-        Err(e) => crate::telemetry::record_error(&span, e),
+        Err(e) => crate::observability::record_error(&span, e),
     }
     result
 }
@@ -157,7 +157,7 @@ async fn enqueue_many_sql(
     let mut ids = vec![0i64; jobs.len()];
     // Jobs without their own traceparent carry the producer span's (see `enqueue`).
     let ambient = if jobs.iter().any(|j| j.traceparent.is_none()) {
-        crate::telemetry::traceparent_of(span)
+        crate::observability::traceparent_of(span)
     } else {
         None
     };

@@ -70,6 +70,6 @@ pub(crate) fn record_sql<T>(
         Ok(v) => {
             span.record("db.rows", rows(v) as u64);
         }
-        Err(e) => crate::telemetry::record_error(span, e),
+        Err(e) => crate::observability::record_error(span, e),
     }
 }

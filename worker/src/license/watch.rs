@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use super::periodic::PeriodicTask;
-use crate::boot::license::{Claims, EXPIRY_WARN_DAYS, days_left, format_unix};
+use crate::license::{Claims, EXPIRY_WARN_DAYS, days_left, format_unix};
+use crate::runtime::periodic::PeriodicTask;
 
 /// What a daily check has to say about the license.
 #[derive(Debug, Clone, PartialEq, Eq)]

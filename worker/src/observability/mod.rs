@@ -28,7 +28,6 @@
 //!
 //! [`heartbeat`] is the daily telemetry ping (README "Telemetry").
 
-pub mod heartbeat;
 pub mod otlp;
 
 use std::collections::HashMap;

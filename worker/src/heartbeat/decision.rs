@@ -10,7 +10,7 @@
 //!
 //! An unparsable switch never gets here: the config loader rejects it (exit 2).
 
-use crate::boot::license::Claims;
+use crate::license::Claims;
 use crate::config::Config;
 
 /// Why the decision came out as it did.

@@ -9,7 +9,9 @@
 //! What this module must not do: print (only `cli/` prints), log the token or any part of it, or
 //! fail boot for a problem that only affects the cache.
 
+pub mod entitlements;
 mod token;
+pub mod watch;
 
 use std::fs;
 use std::io::{self, Write as _};

@@ -11,6 +11,9 @@
 //! This module never decides *whether* telemetry is on: boot resolves that (gate 4) and hands
 //! the runtime a [`HeartbeatConfig`] only when it is effective. No config, no task, no request.
 
+
+pub mod decision;
+
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -342,7 +345,7 @@ struct Heartbeat {
 impl Heartbeat {
     /// One POST. `Ok` only for a 2xx.
     async fn send(&self, body: &Payload) -> Result<u16, HeartbeatError> {
-        let span = super::http_client_span("POST", &self.cfg.url);
+        let span = crate::observability::http_client_span("POST", &self.cfg.url);
         let response = self
             .client
             .post(&self.cfg.url)

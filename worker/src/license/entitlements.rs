@@ -6,7 +6,7 @@
 //! `lettuce.instance.license_limit_reached_at`), never a crash: the worker keeps running.
 //! Not self-hosted (dev mode) means no caps.
 
-use crate::boot::license::Claims;
+use crate::license::Claims;
 
 /// The caps in force; `None` means unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
