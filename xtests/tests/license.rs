@@ -432,3 +432,67 @@ fn keygen_never_writes_the_private_key_through_a_symlink() {
             .contains("PRIVATE KEY")
     );
 }
+
+/// check-config renders gate 2's own findings: the clock-behind warning `worker run` logs
+/// (from the cache's high-water mark) is a `license.clock` check, the near-expiry rule is the
+/// gate's, and check-config never writes the cache.
+#[tokio::test]
+async fn check_config_reports_the_gates_findings_and_writes_no_cache() {
+    let scratch = Scratch::new("findings");
+    let (private, public) = keygen(&scratch.0);
+    let token = mint_with(&private, &claims(now() + 10 * 86_400));
+    let db = TestDb::new().await;
+    let mut env = db.env();
+    env.insert("LETTUCE_SELF_HOSTED".into(), "1".into());
+    env.insert("LETTUCE_LICENSE_KEY".into(), token.clone());
+    env.insert("LETTUCE_LICENSE_PUBLIC_KEY".into(), s(&public));
+    let cache = scratch.path("license.json");
+    env.insert("LETTUCE_LICENSE_CACHE_PATH".into(), s(&cache));
+
+    let (_, out, err) = run_worker(&["check-config", "--offline", "--format", "json"], &env);
+    assert!(!cache.exists(), "check-config wrote the license cache");
+    let report: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    let find = |id: &str| {
+        report["checks"]
+            .as_array()
+            .or_else(|| report.as_array())
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .cloned()
+    };
+    let expiry = find("license.expiry").expect("license.expiry");
+    assert_eq!(expiry["level"], "warn", "{expiry}");
+    assert!(
+        find("license.clock").is_none(),
+        "no cache yet, no clock finding"
+    );
+
+    // A verification recorded two days ahead of this clock: the gate's clock-behind finding.
+    let ahead = OffsetDateTime::now_utc() + time::Duration::days(2) + time::Duration::hours(1);
+    license::write_cache(&cache, &claims(now() + 10 * 86_400), &token, ahead).unwrap();
+    let before = std::fs::read(&cache).unwrap();
+    let (_, out, _) = run_worker(&["check-config", "--offline", "--format", "json"], &env);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let checks = report["checks"]
+        .as_array()
+        .or_else(|| report.as_array())
+        .unwrap()
+        .clone();
+    let clock = checks
+        .iter()
+        .find(|c| c["id"] == "license.clock")
+        .unwrap_or_else(|| panic!("no license.clock check: {report}"));
+    assert_eq!(clock["level"], "warn");
+    assert!(
+        clock["message"].as_str().unwrap().contains("2 days behind"),
+        "{clock}"
+    );
+    assert_eq!(
+        std::fs::read(&cache).unwrap(),
+        before,
+        "the cache is left as it was"
+    );
+    assert!(!out.contains(&token), "the token was printed");
+}

@@ -96,12 +96,6 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Cap on the database connect timeout, so check-config answers fast.
 const DB_TIMEOUT_CAP: Duration = Duration::from_secs(5);
 
-/// Entry point with a configuration the caller already loaded (from the environment only);
-/// the report reloads it through the same layers `run` uses.
-pub async fn run(args: Args, _config: Config, env: &Env) -> ExitCode {
-    run_env(args, env).await
-}
-
 /// Entry point straight from the environment: a configuration that does not load is a failed
 /// `config` check (exit 1), not a boot error.
 pub async fn run_env(args: Args, env: &Env) -> ExitCode {
@@ -331,8 +325,8 @@ fn license_checks(
         return None;
     }
     let token = config.license_key.as_ref().map(|t| t.expose().trim());
-    let token = match token {
-        Some(t) if !t.is_empty() => t,
+    match token {
+        Some(t) if !t.is_empty() => {}
         _ if unknown_offline(raw, "LETTUCE_LICENSE_KEY") => {
             for id in ["license.signature", "license.expiry"] {
                 out.push(check(
@@ -354,9 +348,47 @@ fn license_checks(
             return None;
         }
     };
-    let key = match license::load_public_key(&config.license_public_key) {
-        Ok(k) => k,
-        Err(e) => {
+    // The same findings gate 2 computes for `worker run` (without its one side effect, the
+    // cache write), rendered as checks.
+    match license::evaluate(config, now) {
+        Ok(Some(l)) => {
+            out.push(check(
+                "license.signature",
+                Level::Ok,
+                format!(
+                    "signature valid: customer {}, license {}",
+                    l.claims.sub, l.claims.jti
+                ),
+            ));
+            let date = OffsetDateTime::from_unix_timestamp(l.claims.exp)
+                .map(|d| d.date().to_string())
+                .unwrap_or_else(|_| l.claims.exp.to_string());
+            let message = format!("expires on {date} ({} days left)", l.days_left);
+            out.push(if license::expiring_soon(l.days_left) {
+                hinted(
+                    "license.expiry",
+                    Level::Warn,
+                    message,
+                    "ask Lettuce sales for a renewal before the license expires",
+                )
+            } else {
+                check("license.expiry", Level::Ok, message)
+            });
+            for w in l.warnings.iter().filter(|w| w.id != "license.expiry") {
+                let hint = match w.id {
+                    "license.clock" => {
+                        "check NTP on this host; a clock turned back does not stretch a license"
+                    }
+                    _ => {
+                        "check LETTUCE_LICENSE_CACHE_PATH: the worker keeps its license cache there"
+                    }
+                };
+                out.push(hinted(w.id, Level::Warn, w.message.clone(), hint));
+            }
+            Some(l.claims)
+        }
+        Ok(None) => None,
+        Err(e @ license::LicenseError::PublicKeyError(_)) => {
             out.push(hinted(
                 "license.signature",
                 Level::Fail,
@@ -364,38 +396,7 @@ fn license_checks(
                 "point LETTUCE_LICENSE_PUBLIC_KEY at the Ed25519 public key PEM (path or inline text)",
             ));
             out.push(check("license.expiry", Level::Skip, "no license to check"));
-            return None;
-        }
-    };
-    match license::verify(token, &key, now) {
-        Ok(claims) => {
-            out.push(check(
-                "license.signature",
-                Level::Ok,
-                format!(
-                    "signature valid: customer {}, license {}",
-                    claims.sub, claims.jti
-                ),
-            ));
-            let days_left = (claims.exp - now.unix_timestamp()).div_euclid(86_400);
-            let date = OffsetDateTime::from_unix_timestamp(claims.exp)
-                .map(|d| d.date().to_string())
-                .unwrap_or_else(|_| claims.exp.to_string());
-            out.push(if days_left < 14 {
-                hinted(
-                    "license.expiry",
-                    Level::Warn,
-                    format!("expires on {date} ({days_left} days left)"),
-                    "ask Lettuce sales for a renewal before the license expires",
-                )
-            } else {
-                check(
-                    "license.expiry",
-                    Level::Ok,
-                    format!("expires on {date} ({days_left} days left)"),
-                )
-            });
-            Some(claims)
+            None
         }
         Err(e @ license::LicenseError::Expired { .. }) => {
             out.push(check(

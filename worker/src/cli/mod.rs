@@ -149,11 +149,13 @@ pub async fn dispatch_with(cli: Cli, env: Env, register: impl FnOnce(&mut Regist
     log_secret_sources(&config);
     match command {
         Command::Run | Command::Enqueue(_) => unreachable!("handled above"),
-        Command::CheckConfig(args) => check_config::run(args, config, &env).await,
         Command::Jobs { command } => jobs::run(command, config).await,
         Command::Repos { command } => repos::run(command, config).await,
         Command::Schema { command } => schema::run(command, config).await,
-        Command::Healthcheck | Command::License { .. } | Command::Init(_) => {
+        Command::Healthcheck
+        | Command::License { .. }
+        | Command::Init(_)
+        | Command::CheckConfig(_) => {
             unreachable!("handled above")
         }
     }

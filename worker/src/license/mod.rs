@@ -49,9 +49,39 @@ pub struct License {
     pub claims: Claims,
     /// Whole days until `exp` at boot.
     pub days_left: i64,
-    /// Conditions an operator should see (near expiry, clock behind, cache unwritable). `gate`
-    /// logs each as a WARN; `check-config` reports them.
-    pub warnings: Vec<String>,
+    /// Conditions an operator should see (near expiry, clock behind, an implausible or
+    /// unwritable cache). `gate` logs each as a WARN; `check-config` reports each as a check.
+    pub warnings: Vec<Warning>,
+    /// The clock high-water mark [`record`] writes to the cache: the later of now and the
+    /// cache's plausible `verified_at`.
+    pub high_water: OffsetDateTime,
+}
+
+/// One thing about a valid license an operator should see, under a stable check id
+/// (`license.expiry`, `license.clock`, `license.cache`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub id: &'static str,
+    pub message: String,
+}
+
+impl std::ops::Deref for Warning {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.message
+    }
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The one "expires soon" rule: fewer than [`EXPIRY_WARN_DAYS`] whole days left. The boot
+/// gate, the daily watch and `check-config` all ask this.
+pub fn expiring_soon(days_left: i64) -> bool {
+    days_left < EXPIRY_WARN_DAYS
 }
 
 /// The cache file's content. `verified_at` is also the clock high-water mark: it never moves
@@ -226,8 +256,10 @@ pub fn read_cache(path: &Path) -> Option<CacheFile> {
 /// The largest license cache file read.
 const MAX_CACHE_FILE_LEN: u64 = 64 * 1024;
 
-/// The gate without logging: verifies the configured license at `now`, updates the cache and
-/// collects warnings. `None` when the worker is not self-hosted.
+/// Gate 2's findings, without side effects: verifies the configured license at `now` against
+/// the pinned key, reads (never writes) the cache for the clock high-water mark, and collects
+/// warnings. `None` when the worker is not self-hosted. `worker run` then calls [`record`];
+/// `check-config` renders the same findings.
 pub fn evaluate(config: &Config, now: OffsetDateTime) -> Result<Option<License>, LicenseError> {
     if !config.self_hosted {
         return Ok(None);
@@ -240,11 +272,14 @@ pub fn evaluate(config: &Config, now: OffsetDateTime) -> Result<Option<License>,
     let claims = verify(token, &key, now)?;
     let days_left = days_left(&claims, now);
     let mut warnings = Vec::new();
-    if days_left < EXPIRY_WARN_DAYS {
-        warnings.push(format!(
-            "the license expires on {} ({days_left} days left); ask Lettuce sales for a renewal",
-            format_unix(claims.exp)
-        ));
+    if expiring_soon(days_left) {
+        warnings.push(Warning {
+            id: "license.expiry",
+            message: format!(
+                "the license expires on {} ({days_left} days left); ask Lettuce sales for a renewal",
+                format_unix(claims.exp)
+            ),
+        });
     }
     let mut high_water = now;
     // A mark later than this license's expiry cannot come from a verification of it (one past
@@ -253,44 +288,80 @@ pub fn evaluate(config: &Config, now: OffsetDateTime) -> Result<Option<License>,
     let previous = read_cache(&config.license_cache_path).filter(|p| {
         let plausible = p.verified_at.unix_timestamp() <= claims.exp;
         if !plausible {
-            warnings.push(format!(
-                "ignoring the implausible verification time {} in {} (after this license's expiry)",
-                p.verified_at.format(&Rfc3339).unwrap_or_default(),
-                config.license_cache_path.display()
-            ));
+            warnings.push(Warning {
+                id: "license.cache",
+                message: format!(
+                    "ignoring the implausible verification time {} in {} (after this license's expiry)",
+                    p.verified_at.format(&Rfc3339).unwrap_or_default(),
+                    config.license_cache_path.display()
+                ),
+            });
         }
         plausible
     });
     if let Some(previous) = previous {
         let behind = (previous.verified_at - now).whole_seconds();
         if behind > CLOCK_BEHIND_WARN_SECS {
-            warnings.push(format!(
-                "the system clock ({}) is {} behind the last license verification ({}) recorded in {}; check NTP",
-                now.format(&Rfc3339).unwrap_or_default(),
-                human_duration(behind),
-                previous.verified_at.format(&Rfc3339).unwrap_or_default(),
-                config.license_cache_path.display()
-            ));
+            warnings.push(Warning {
+                id: "license.clock",
+                message: format!(
+                    "the system clock ({}) is {} behind the last license verification ({}) recorded in {}; check NTP",
+                    now.format(&Rfc3339).unwrap_or_default(),
+                    human_duration(behind),
+                    previous.verified_at.format(&Rfc3339).unwrap_or_default(),
+                    config.license_cache_path.display()
+                ),
+            });
         }
         high_water = high_water.max(previous.verified_at);
-    }
-    if let Err(e) = write_cache(&config.license_cache_path, &claims, token, high_water) {
-        warnings.push(format!(
-            "cannot write the license cache {} (LETTUCE_LICENSE_CACHE_PATH): {e}; the license is valid and the worker continues",
-            config.license_cache_path.display()
-        ));
     }
     Ok(Some(License {
         claims,
         days_left,
         warnings,
+        high_water,
     }))
 }
 
-/// Gate 2 for `worker run`: [`evaluate`], then each warning logged as a WARN and the license
-/// (never the token) at INFO.
+/// The gate's one side effect, which `worker run` takes after [`evaluate`]: the cache records
+/// the verified token and the clock high-water mark. A cache that cannot be written is a
+/// warning on the license, never a refusal.
+pub fn record(config: &Config, license: &mut License) {
+    let Some(token) = config.license_key.as_ref().map(|t| t.expose().trim()) else {
+        return;
+    };
+    if let Err(e) = write_cache(
+        &config.license_cache_path,
+        &license.claims,
+        token,
+        license.high_water,
+    ) {
+        license.warnings.push(Warning {
+            id: "license.cache",
+            message: format!(
+                "cannot write the license cache {} (LETTUCE_LICENSE_CACHE_PATH): {e}; the license is valid and the worker continues",
+                config.license_cache_path.display()
+            ),
+        });
+    }
+}
+
+/// [`evaluate`] then [`record`]: gate 2 as `worker run` takes it, without the log lines.
+pub fn evaluate_and_record(
+    config: &Config,
+    now: OffsetDateTime,
+) -> Result<Option<License>, LicenseError> {
+    let mut license = evaluate(config, now)?;
+    if let Some(l) = license.as_mut() {
+        record(config, l);
+    }
+    Ok(license)
+}
+
+/// Gate 2 for `worker run`: [`evaluate_and_record`], then each warning logged as a WARN and the
+/// license (never the token) at INFO.
 pub fn gate(config: &Config, now: OffsetDateTime) -> Result<Option<License>, LicenseError> {
-    let license = evaluate(config, now)?;
+    let license = evaluate_and_record(config, now)?;
     if let Some(l) = &license {
         tracing::info!(
             license.sub = %l.claims.sub,

@@ -929,7 +929,7 @@ impl GateFixture {
     }
 
     fn run(&self, now: OffsetDateTime) -> Result<Option<License>, LicenseError> {
-        evaluate(&Config::load(&self.env).unwrap(), now)
+        evaluate_and_record(&Config::load(&self.env).unwrap(), now)
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use crate::license::{Claims, EXPIRY_WARN_DAYS, days_left, format_unix};
+use crate::license::{Claims, days_left, format_unix};
 use crate::runtime::periodic::PeriodicTask;
 
 /// What a daily check has to say about the license.
@@ -25,7 +25,7 @@ pub fn daily_notice(claims: &Claims, now: OffsetDateTime) -> Option<Notice> {
         Some(Notice::Expired {
             exp: format_unix(claims.exp),
         })
-    } else if left < EXPIRY_WARN_DAYS {
+    } else if crate::license::expiring_soon(left) {
         Some(Notice::Expiring {
             days_left: left,
             exp: format_unix(claims.exp),
