@@ -122,6 +122,8 @@ pub struct JobContext {
     services: Arc<Services>,
     /// Artifacts this attempt produced; recorded with the completion.
     artifacts: Arc<Mutex<Vec<ArtifactRow>>>,
+    /// Repository rows to update with the completion (`repo.index`).
+    indexed: Arc<Mutex<Vec<crate::db::repositories::RepositoryIndexed>>>,
 }
 
 impl JobContext {
@@ -131,6 +133,7 @@ impl JobContext {
             cancel,
             services,
             artifacts: Arc::default(),
+            indexed: Arc::default(),
         }
     }
 
@@ -364,6 +367,25 @@ impl JobContext {
     /// Notes an artifact this attempt wrote, to be recorded when the job completes.
     pub fn add_artifact(&self, row: ArtifactRow) {
         self.artifacts.lock().expect("artifact list lock").push(row);
+    }
+
+    /// Notes a repository's new index, recorded on its `lettuce.repositories` row in the
+    /// transaction that completes the job (and only if it completes).
+    pub fn on_complete_index(&self, row: crate::db::repositories::RepositoryIndexed) {
+        self.indexed.lock().expect("indexed list lock").push(row);
+    }
+
+    /// Takes the repository rows noted so far.
+    pub fn take_indexed(&self) -> Vec<crate::db::repositories::RepositoryIndexed> {
+        std::mem::take(&mut *self.indexed.lock().expect("indexed list lock"))
+    }
+
+    /// The latest index recorded for repository `id`: `(commit, manifest_key)`.
+    pub async fn last_index(&self, id: i64) -> Result<Option<(String, String)>, HandlerError> {
+        let client = self.client().await?;
+        crate::db::repositories::last_index(&**client, id)
+            .await
+            .map_err(|e| HandlerError::Retryable(e.to_string()))
     }
 
     /// Takes the artifacts noted so far.
