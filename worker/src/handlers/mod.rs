@@ -7,6 +7,7 @@
 pub mod diag;
 pub mod diag_gates;
 pub mod github_event;
+pub mod repo_index;
 pub mod repo_webhook;
 
 use std::collections::HashMap;
@@ -481,7 +482,8 @@ pub fn registry_for(config: &crate::config::Config) -> Registry {
     let mut r = Registry::new();
     // The kinds of the worker's own work (README "Job kinds"), in every `worker run`.
     r.register(github_event::GithubEvent)
-        .register(repo_webhook::RepoWebhookEnsure);
+        .register(repo_webhook::RepoWebhookEnsure)
+        .register(repo_index::RepoIndex::new(config));
     if config.diag_jobs {
         diag::register(&mut r);
         diag_gates::register(&mut r);
