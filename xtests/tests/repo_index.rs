@@ -616,3 +616,49 @@ async fn cancelling_mid_fetch_frees_the_slot_within_a_second_and_writes_nothing(
     assert_eq!(indexed, None);
     worker.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_uninstalled_app_an_unseen_repository_and_a_bad_payload_are_permanent() {
+    let rig = Rig::new().await;
+    let (_work, _) = rig.repo("acme/widgets");
+    let worker = InProcessWorker::start(&rig.env).await;
+    // A repository the installation cannot see: git refuses the token; one attempt.
+    let (state, attempt, errors, _) = rig.index("acme/ghost").await;
+    assert_eq!((state.as_str(), attempt), ("discarded", 1), "{errors}");
+    let text = errors[0]["error"].as_str().unwrap();
+    assert!(text.starts_with("repository acme/ghost: "), "{text}");
+    // The App uninstalled: permanent. The worker still holds the installation's cached token
+    // (minted above), which git now sees refused; a fresh worker would be told by the token
+    // endpoint that the installation is gone.
+    rig.fake.remove_installation(INSTALLATION);
+    let (state, attempt, errors, _) = rig.index("acme/widgets").await;
+    assert_eq!((state.as_str(), attempt), ("discarded", 1), "{errors}");
+    let text = errors[0]["error"].as_str().unwrap();
+    assert!(
+        text.contains(&format!("installation {INSTALLATION} not found"))
+            || text.starts_with("repository acme/widgets: the git remote refused the credentials"),
+        "{text}"
+    );
+    // Unknown fields are refused.
+    let id: i64 = rig
+        .client
+        .query_one(
+            "SELECT lettuce.enqueue('repo.index', $1)",
+            &[&json!({"provider": "github", "repo": "acme/widgets", "installation_id": 7, "branch": "main"})],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let (state, _, errors) = wait_final(&rig.client, id, Duration::from_secs(20)).await;
+    assert_eq!(state, "discarded");
+    assert!(errors.to_string().contains("unknown field"), "{errors}");
+    for t in rig.fake.secrets_seen() {
+        let all: String = scalar(
+            &rig.client,
+            "SELECT coalesce(string_agg(errors::text, ' '), '') FROM lettuce.jobs",
+        )
+        .await;
+        assert!(!all.contains(t.as_str()), "an error has a credential");
+    }
+    worker.stop().await.unwrap();
+}
