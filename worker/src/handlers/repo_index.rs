@@ -147,6 +147,14 @@ async fn read_previous(
                 .map(str::to_string)
                 .ok_or_else(|| format!("manifest names no {name} artifact"))
         };
+        // Records are carried verbatim: only from an index this indexer version wrote.
+        let version = manifest["indexer"]["version"].as_str().unwrap_or_default();
+        if version != env!("CARGO_PKG_VERSION") {
+            return Err(format!(
+                "it was written by indexer version {version:?}, not {}",
+                env!("CARGO_PKG_VERSION")
+            ));
+        }
         let (files_key, symbols_key) = (key("files")?, key("symbols")?);
         let commit = manifest["commit"]
             .as_str()
