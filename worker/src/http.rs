@@ -46,7 +46,7 @@ struct AppState {
     metrics: Arc<Metrics>,
 }
 
-#[cfg(any(test, feature = "testing"))]
+#[cfg(feature = "testing")]
 /// Binds and serves until `stop` fires. Returns the bound address (useful with port 0).
 pub async fn serve(
     addr: SocketAddr,

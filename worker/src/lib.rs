@@ -34,9 +34,11 @@ macro_rules! internal {
 internal!(
     artifacts,
     db,
+    git,
     health,
     heartbeat,
     http,
+    index,
     limits,
     metrics,
     observability,
@@ -45,20 +47,7 @@ internal!(
     runtime,
     secrets,
 );
-// The fetch and index layers of `repo.index` (issue 16), used by the handler that lands with it.
 pub(crate) mod error_text;
-#[cfg_attr(not(feature = "testing"), allow(dead_code, unused_imports))]
-#[cfg(not(feature = "testing"))]
-mod git;
-#[cfg(feature = "testing")]
-#[doc(hidden)]
-pub mod git;
-#[cfg_attr(not(feature = "testing"), allow(dead_code, unused_imports))]
-#[cfg(not(feature = "testing"))]
-mod index;
-#[cfg(feature = "testing")]
-#[doc(hidden)]
-pub mod index;
 
 /// This build's version, as reported in `lettuce.workers` and logs.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -300,6 +300,19 @@ impl FakeGithub {
             .unwrap_or(0)
     }
 
+    /// Whether `token` is a live installation token (issued, not revoked, not expired) of an
+    /// installation that can see `full_name`: what GitHub's git endpoint checks before
+    /// serving a clone.
+    pub fn token_grants(&self, token: &str, full_name: &str) -> bool {
+        grants(&self.inner.lock().unwrap(), token, full_name)
+    }
+
+    /// [`FakeGithub::token_grants`] as a closure, for the git server's token check.
+    pub fn token_checker(&self) -> impl Fn(&str, &str) -> bool + Send + Sync + 'static {
+        let inner = self.inner.clone();
+        move |token: &str, full_name: &str| grants(&inner.lock().unwrap(), token, full_name)
+    }
+
     /// Every installation token issued and every JWT presented, for secret scans.
     pub fn secrets_seen(&self) -> Vec<String> {
         let g = self.inner.lock().unwrap();
@@ -322,6 +335,17 @@ impl FakeGithub {
 }
 
 /// GitHub's JWT checks. `Err` is the 401 message.
+fn grants(g: &Inner, token: &str, full_name: &str) -> bool {
+    let Some(&(installation, expires)) = g.tokens.get(token) else {
+        return false;
+    };
+    expires > now()
+        && g.installations.contains_key(&installation)
+        && g.repos
+            .get(full_name)
+            .is_some_and(|r| r.installation == installation)
+}
+
 fn verify_jwt(g: &Inner, token: &str) -> Result<(), &'static str> {
     let mut parts = token.split('.');
     let (Some(h), Some(c), Some(s), None) =

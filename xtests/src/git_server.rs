@@ -25,6 +25,9 @@ use base64::Engine as _;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
+/// Decides whether a token may read repository `owner/name`.
+pub type TokenCheck = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
 /// How the server is down.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Down {
@@ -39,6 +42,8 @@ struct State {
     home: PathBuf,
     backend: PathBuf,
     creds: Mutex<Option<(String, String)>>,
+    /// A token check instead of one fixed token: (user, check(token, "owner/name")).
+    checker: Mutex<Option<(String, TokenCheck)>>,
     wrong_status: AtomicU16,
     unavailable: AtomicBool,
     delay_ms: AtomicU64,
@@ -125,6 +130,7 @@ impl GitServer {
             home,
             backend,
             creds: Mutex::new(None),
+            checker: Mutex::new(None),
             wrong_status: AtomicU16::new(401),
             unavailable: AtomicBool::new(false),
             delay_ms: AtomicU64::new(0),
@@ -158,6 +164,12 @@ impl GitServer {
     /// Requires `Authorization: Basic base64(user:token)` on every request.
     pub fn require(&self, user: &str, token: &str) {
         *self.state.creds.lock().unwrap() = Some((user.into(), token.into()));
+    }
+
+    /// Requires HTTP Basic `user:<token>` where `check(token, "owner/name")` accepts the token
+    /// for the repository requested (e.g. a fake GitHub's live installation tokens).
+    pub fn require_checked(&self, user: &str, check: TokenCheck) {
+        *self.state.checker.lock().unwrap() = Some((user.into(), check));
     }
 
     /// The status for a request with credentials that do not match: 401 (with
@@ -485,7 +497,38 @@ async fn respond<W: AsyncWrite + Unpin>(
     w.flush().await
 }
 
+/// `owner/name` of a request target `/owner/name.git/…`.
+fn repo_of(target: &str) -> String {
+    let path = target.split('?').next().unwrap_or("");
+    let path = path.trim_start_matches('/');
+    match path
+        .find(".git/")
+        .or_else(|| path.strip_suffix(".git").map(|p| p.len()))
+    {
+        Some(i) => path[..i].to_string(),
+        None => path.to_string(),
+    }
+}
+
 fn check_auth(req: &Request, state: &State) -> Result<Option<String>, u16> {
+    let checker = state.checker.lock().unwrap().clone();
+    if let Some((want_user, check)) = checker {
+        let value = req.header("authorization").ok_or(401u16)?;
+        let b64 = value
+            .strip_prefix("Basic ")
+            .or_else(|| value.strip_prefix("basic "))
+            .ok_or(401u16)?;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok());
+        return match decoded.as_deref().and_then(|d| d.split_once(':')) {
+            Some((u, t)) if u == want_user && check(t, &repo_of(&req.target)) => {
+                Ok(Some(u.to_string()))
+            }
+            _ => Err(state.wrong_status.load(Ordering::SeqCst)),
+        };
+    }
     let creds = state.creds.lock().unwrap().clone();
     let Some((want_user, want_token)) = creds else {
         return Ok(None);

@@ -329,6 +329,9 @@ async fn github_events_enqueue_coalesced_indexes_once_per_delivery() {
     use std::time::Duration;
     let (db, mut env) = applied().await;
     env.remove("LETTUCE_DIAG_JOBS");
+    // The events run on a queue of their own; the `repo.index` jobs they enqueue (queue
+    // `default`) stay unclaimed, so their states show what was enqueued.
+    env.insert("LETTUCE_QUEUES".into(), "events=4".into());
     let client = db.client().await;
     client
         .batch_execute(
@@ -351,7 +354,10 @@ async fn github_events_enqueue_coalesced_indexes_once_per_delivery() {
         let client = &client;
         async move {
             let id: i64 = client
-                .query_one("SELECT lettuce.enqueue('github.event', $1)", &[&payload])
+                .query_one(
+                    "SELECT lettuce.enqueue('github.event', $1, 'events')",
+                    &[&payload],
+                )
                 .await
                 .unwrap()
                 .get(0);
@@ -401,7 +407,10 @@ async fn github_events_enqueue_coalesced_indexes_once_per_delivery() {
             );
             ids.push(
                 client
-                    .query_one("SELECT lettuce.enqueue('github.event', $1)", &[&p])
+                    .query_one(
+                        "SELECT lettuce.enqueue('github.event', $1, 'events')",
+                        &[&p],
+                    )
                     .await
                     .unwrap()
                     .get(0),
@@ -498,6 +507,8 @@ async fn the_scheduled_reindex_enqueues_once_for_three_replicas() {
     use std::time::Duration;
     let (db, mut env) = applied().await;
     env.insert("LETTUCE_REINDEX_INTERVAL".into(), "10s".into());
+    // No replica claims the `repo.index` it enqueues (queue `default`): the test counts them.
+    env.insert("LETTUCE_QUEUES".into(), "elsewhere=1".into());
     let client = db.client().await;
     client
         .batch_execute(

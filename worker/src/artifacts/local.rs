@@ -169,6 +169,24 @@ impl LocalStore {
         tokio::fs::read(&path).await.map_err(Self::err(&path))
     }
 
+    /// Copies object `key` into the file `dest` (created or truncated), streaming.
+    pub async fn get_to_file(&self, key: &str, dest: &Path) -> Result<u64, ArtifactError> {
+        let path = self.path_of(key);
+        let mut from = tokio::fs::File::open(&path)
+            .await
+            .map_err(Self::err(&path))?;
+        let mut to = tokio::fs::File::create(dest)
+            .await
+            .map_err(Self::err(dest))?;
+        let n = tokio::io::copy(&mut from, &mut to)
+            .await
+            .map_err(Self::err(dest))?;
+        tokio::io::AsyncWriteExt::flush(&mut to)
+            .await
+            .map_err(Self::err(dest))?;
+        Ok(n)
+    }
+
     pub async fn delete(&self, key: &str) -> Result<(), ArtifactError> {
         let path = self.path_of(key);
         match tokio::fs::remove_file(&path).await {

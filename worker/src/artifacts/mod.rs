@@ -151,6 +151,20 @@ impl ArtifactStore {
         }
     }
 
+    /// Streams a whole object into the file `dest` (created or truncated), in bounded
+    /// memory; returns its size. For artifacts read back (a previous index).
+    pub async fn get_to_file(
+        &self,
+        key: &str,
+        dest: &std::path::Path,
+        cancel: &CancellationToken,
+    ) -> Result<u64, ArtifactError> {
+        match self {
+            ArtifactStore::S3(s) => s.get_to_file(key, dest, cancel).await,
+            ArtifactStore::Local(l) => l.get_to_file(key, dest).await,
+        }
+    }
+
     /// Deletes an object; deleting a missing object is not an error.
     pub async fn delete(&self, key: &str) -> Result<(), ArtifactError> {
         match self {

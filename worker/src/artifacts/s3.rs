@@ -418,6 +418,47 @@ impl S3Store {
         Ok(bytes.into_bytes().to_vec())
     }
 
+    /// Streams object `key` into the file `dest` (created or truncated), chunk by chunk.
+    pub async fn get_to_file(
+        &self,
+        key: &str,
+        dest: &std::path::Path,
+        cancel: &CancellationToken,
+    ) -> Result<u64, ArtifactError> {
+        use tokio::io::AsyncWriteExt;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send();
+        let mut out = self
+            .traced("GetObject", "GET", key, request)
+            .await
+            .map_err(|e| self.classify("GetObject", e))?;
+        let local = |error| ArtifactError::Local {
+            path: dest.display().to_string(),
+            error,
+        };
+        let mut file = tokio::fs::File::create(dest).await.map_err(local)?;
+        let mut size = 0u64;
+        loop {
+            let chunk = tokio::select! {
+                _ = cancel.cancelled() => return Err(ArtifactError::Cancelled),
+                c = out.body.next() => c,
+            };
+            let Some(chunk) = chunk else { break };
+            let chunk = chunk.map_err(|e| ArtifactError::Store {
+                operation: "GetObject",
+                detail: e.to_string(),
+            })?;
+            file.write_all(&chunk).await.map_err(local)?;
+            size += chunk.len() as u64;
+        }
+        file.flush().await.map_err(local)?;
+        Ok(size)
+    }
+
     pub async fn delete(&self, key: &str) -> Result<(), ArtifactError> {
         let request = self
             .client

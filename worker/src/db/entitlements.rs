@@ -1,7 +1,7 @@
 //! The entitlement record on the singleton `lettuce.instance` row: when a job last hit a
 //! license cap (the UI's "License limit reached" badge reads it).
 
-#[cfg(any(test, feature = "testing"))]
+#[cfg(feature = "testing")]
 use time::OffsetDateTime;
 
 use super::{DbError, DbPool};
@@ -16,7 +16,7 @@ pub async fn record_limit_reached(pool: &DbPool) -> Result<(), DbError> {
     Ok(())
 }
 
-#[cfg(any(test, feature = "testing"))]
+#[cfg(feature = "testing")]
 /// When a job last hit a license cap, if ever.
 pub async fn limit_reached_at(pool: &DbPool) -> Result<Option<OffsetDateTime>, DbError> {
     let client = pool.get().await?;

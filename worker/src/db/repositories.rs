@@ -265,3 +265,70 @@ pub async fn enqueue_due_reindexes(
         .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
+
+/// What a completed `repo.index` records on its repository row. Written by the completer in
+/// the transaction that completes the job ([`record_index`]), and only when that completion
+/// was accepted, so an attempt that does not complete leaves the row as it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepositoryIndexed {
+    /// The job whose completion carries this write.
+    pub job_id: i64,
+    /// `lettuce.repositories.id`.
+    pub repository_id: i64,
+    pub commit: String,
+    /// The full ref indexed (`refs/heads/main`).
+    pub git_ref: String,
+    pub manifest_key: String,
+    pub file_count: i64,
+    pub symbol_count: i64,
+    /// The default branch's short name, when the job indexed the default branch.
+    pub default_branch: Option<String>,
+}
+
+/// Records the latest index of each repository in `rows` (last commit, ref and time, the
+/// manifest key, counts; the default branch when known).
+pub async fn record_index(
+    client: &impl GenericClient,
+    rows: &[&RepositoryIndexed],
+) -> Result<(), DbError> {
+    for r in rows {
+        client
+            .execute(
+                "UPDATE lettuce.repositories
+                    SET last_indexed_commit = $2, last_indexed_ref = $3, last_indexed_at = now(),
+                        manifest_key = $4, file_count = $5, symbol_count = $6,
+                        default_branch = COALESCE($7, default_branch), updated_at = now()
+                  WHERE id = $1",
+                &[
+                    &r.repository_id,
+                    &r.commit,
+                    &r.git_ref,
+                    &r.manifest_key,
+                    &r.file_count,
+                    &r.symbol_count,
+                    &r.default_branch,
+                ],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// The latest index of repository `id`: `(last_indexed_commit, manifest_key)`, when both are
+/// recorded.
+pub async fn last_index(
+    client: &impl GenericClient,
+    id: i64,
+) -> Result<Option<(String, String)>, DbError> {
+    let row = client
+        .query_opt(
+            "SELECT last_indexed_commit, manifest_key FROM lettuce.repositories WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+    Ok(row.and_then(|r| {
+        let commit: Option<String> = r.get(0);
+        let key: Option<String> = r.get(1);
+        commit.zip(key)
+    }))
+}

@@ -88,6 +88,8 @@ pub struct Stored {
 }
 
 /// What [`apply`] did.
+// `Applied::Applied` is the name logs and tests use; kept when the type stopped being exported.
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
     /// Revision and digest matched; nothing ran.

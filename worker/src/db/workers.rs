@@ -84,7 +84,7 @@ pub async fn sweep_stale(pool: &DbPool, stale_after: Duration) -> Result<Vec<Str
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-#[cfg(any(test, feature = "testing"))]
+#[cfg(feature = "testing")]
 /// Live rows (what telemetry reports as `workers_active`).
 pub async fn count_active(pool: &DbPool) -> Result<i64, DbError> {
     let client = pool.get().await?;

@@ -73,6 +73,10 @@
 //! (a process per operation, parsing stderr to classify errors) are small next to a network
 //! fetch.
 
+// Parts of this API are used only by the integration tests and benchmarks in `xtests/`
+// (which build with the `testing` feature).
+#![cfg_attr(not(feature = "testing"), allow(dead_code, unused_imports))]
+
 mod command;
 mod error;
 mod tree;

@@ -7,6 +7,7 @@
 pub mod diag;
 pub mod diag_gates;
 pub mod github_event;
+pub mod repo_index;
 pub mod repo_webhook;
 
 use std::collections::HashMap;
@@ -122,6 +123,8 @@ pub struct JobContext {
     services: Arc<Services>,
     /// Artifacts this attempt produced; recorded with the completion.
     artifacts: Arc<Mutex<Vec<ArtifactRow>>>,
+    /// Repository rows to update with the completion (`repo.index`).
+    indexed: Arc<Mutex<Vec<crate::db::repositories::RepositoryIndexed>>>,
 }
 
 impl JobContext {
@@ -131,6 +134,7 @@ impl JobContext {
             cancel,
             services,
             artifacts: Arc::default(),
+            indexed: Arc::default(),
         }
     }
 
@@ -366,6 +370,25 @@ impl JobContext {
         self.artifacts.lock().expect("artifact list lock").push(row);
     }
 
+    /// Notes a repository's new index, recorded on its `lettuce.repositories` row in the
+    /// transaction that completes the job (and only if it completes).
+    pub fn on_complete_index(&self, row: crate::db::repositories::RepositoryIndexed) {
+        self.indexed.lock().expect("indexed list lock").push(row);
+    }
+
+    /// Takes the repository rows noted so far.
+    pub fn take_indexed(&self) -> Vec<crate::db::repositories::RepositoryIndexed> {
+        std::mem::take(&mut *self.indexed.lock().expect("indexed list lock"))
+    }
+
+    /// The latest index recorded for repository `id`: `(commit, manifest_key)`.
+    pub async fn last_index(&self, id: i64) -> Result<Option<(String, String)>, HandlerError> {
+        let client = self.client().await?;
+        crate::db::repositories::last_index(&**client, id)
+            .await
+            .map_err(|e| HandlerError::Retryable(e.to_string()))
+    }
+
     /// Takes the artifacts noted so far.
     pub fn take_artifacts(&self) -> Vec<ArtifactRow> {
         std::mem::take(&mut *self.artifacts.lock().expect("artifact list lock"))
@@ -459,7 +482,8 @@ pub fn registry_for(config: &crate::config::Config) -> Registry {
     let mut r = Registry::new();
     // The kinds of the worker's own work (README "Job kinds"), in every `worker run`.
     r.register(github_event::GithubEvent)
-        .register(repo_webhook::RepoWebhookEnsure);
+        .register(repo_webhook::RepoWebhookEnsure)
+        .register(repo_index::RepoIndex::new(config));
     if config.diag_jobs {
         diag::register(&mut r);
         diag_gates::register(&mut r);

@@ -86,6 +86,10 @@
 //! parse; when it says stop, [`index`] deletes both output files and returns
 //! [`IndexError::Cancelled`]. Any error likewise leaves no output file behind.
 
+// Parts of this API are used only by the integration tests and benchmarks in `xtests/`
+// (which build with the `testing` feature).
+#![cfg_attr(not(feature = "testing"), allow(dead_code, unused_imports))]
+
 mod classify;
 mod extract;
 mod previous;

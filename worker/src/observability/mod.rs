@@ -60,7 +60,7 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    #[cfg(any(test, feature = "testing"))]
+    #[cfg(feature = "testing")]
     /// True when spans are exported.
     pub fn exporting(&self) -> bool {
         self.provider.is_some()

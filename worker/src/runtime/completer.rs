@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::outcome::Outcome;
 use super::{Shared, jitter};
 use crate::db::jobs::{ArtifactRow, ClaimedJob, Completion};
+use crate::db::repositories::RepositoryIndexed;
 use crate::db::{self, DbError};
 use crate::job::{JobState, Transition};
 
@@ -125,6 +126,7 @@ async fn write_part(
     state: &mut WriteState,
     part: &[Completion],
     artifacts: &[ArtifactRow],
+    indexed: &[RepositoryIndexed],
 ) -> Result<Vec<i64>, WriteError> {
     let ids: HashSet<i64> = part.iter().map(|c| c.id).collect();
     let arts: Vec<ArtifactRow> = artifacts
@@ -132,11 +134,22 @@ async fn write_part(
         .filter(|a| ids.contains(&a.job_id))
         .cloned()
         .collect();
+    let indexed: Vec<RepositoryIndexed> = indexed
+        .iter()
+        .filter(|r| ids.contains(&r.job_id))
+        .cloned()
+        .collect();
     let started = Instant::now();
     let mut delay = Duration::from_millis(50);
     loop {
-        let result =
-            crate::db::jobs::complete_batch(&shared.pool, &shared.worker.id, part, &arts).await;
+        let result = crate::db::jobs::complete_batch_with(
+            &shared.pool,
+            &shared.worker.id,
+            part,
+            &arts,
+            &indexed,
+        )
+        .await;
         match result {
             Ok(accepted) => {
                 if state.failing_since.take().is_some() {
@@ -175,12 +188,13 @@ async fn write_all(
     state: &mut WriteState,
     completions: Vec<Completion>,
     artifacts: &[ArtifactRow],
+    indexed: &[RepositoryIndexed],
 ) -> HashMap<i64, Fate> {
     let mut fates = HashMap::with_capacity(completions.len());
     // (part, whether it is already the discarded fallback of a refused outcome)
     let mut pending: Vec<(Vec<Completion>, bool)> = vec![(completions, false)];
     while let Some((part, fallback)) = pending.pop() {
-        match write_part(shared, state, &part, artifacts).await {
+        match write_part(shared, state, &part, artifacts, indexed).await {
             Ok(accepted) => {
                 let accepted: HashSet<i64> = accepted.into_iter().collect();
                 for c in &part {
@@ -232,11 +246,18 @@ async fn write(shared: &Shared, state: &mut WriteState, batch: &mut Vec<Finished
     let artifacts: Vec<ArtifactRow> = batch
         .iter()
         .flat_map(|f| match &f.outcome {
-            Outcome::Completed { artifacts } => artifacts.clone(),
+            Outcome::Completed { artifacts, .. } => artifacts.clone(),
             _ => Vec::new(),
         })
         .collect();
-    let fates = write_all(shared, state, completions, &artifacts).await;
+    let indexed: Vec<RepositoryIndexed> = batch
+        .iter()
+        .flat_map(|f| match &f.outcome {
+            Outcome::Completed { indexed, .. } => indexed.clone(),
+            _ => Vec::new(),
+        })
+        .collect();
+    let fates = write_all(shared, state, completions, &artifacts, &indexed).await;
     let mut inflight = shared.inflight.lock().expect("inflight lock");
     for f in batch.iter() {
         // Written, fenced or abandoned: this process holds the attempt no longer, so the lease

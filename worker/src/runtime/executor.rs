@@ -141,7 +141,7 @@ async fn run_attempt(
     );
     let outcome = tokio::select! {
         joined = &mut task => match joined {
-            Ok(result) => Outcome::from_result(result, ctx.take_artifacts()),
+            Ok(result) => Outcome::from_result(result, ctx.take_artifacts()).with_indexed(ctx.take_indexed()),
             Err(e) if e.is_panic() => Outcome::Retry { error: format!("panic: {}", super::supervise::panic_text(e.into_panic())) },
             Err(e) => Outcome::Retry { error: format!("attempt aborted: {e}") },
         },

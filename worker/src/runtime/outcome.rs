@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::db::jobs::{ArtifactRow, ClaimedJob, Completion};
+use crate::db::repositories::RepositoryIndexed;
 use crate::handlers::HandlerError;
 use crate::job::Transition;
 use crate::limits;
@@ -10,8 +11,11 @@ use crate::limits;
 /// The result of one attempt, as the executor saw it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// The handler returned `Ok`.
-    Completed { artifacts: Vec<ArtifactRow> },
+    /// The handler returned `Ok`. `indexed`: repository rows to update with the completion.
+    Completed {
+        artifacts: Vec<ArtifactRow>,
+        indexed: Vec<RepositoryIndexed>,
+    },
     /// A retryable error, a panic or a timeout.
     Retry { error: String },
     /// A permanent error: discard now.
@@ -34,12 +38,23 @@ impl Outcome {
     /// Maps a handler's result.
     pub fn from_result(result: Result<(), HandlerError>, artifacts: Vec<ArtifactRow>) -> Outcome {
         match result {
-            Ok(()) => Outcome::Completed { artifacts },
+            Ok(()) => Outcome::Completed {
+                artifacts,
+                indexed: Vec::new(),
+            },
             Err(HandlerError::Retryable(error)) => Outcome::Retry { error },
             Err(HandlerError::Permanent(error)) => Outcome::Discard { error },
             Err(HandlerError::Snooze(delay)) => Outcome::Snooze { delay },
             Err(HandlerError::Cancel(reason)) => Outcome::Cancel { reason },
         }
+    }
+
+    /// A completion that also updates these repository rows (no-op for other outcomes).
+    pub fn with_indexed(mut self, rows: Vec<RepositoryIndexed>) -> Outcome {
+        if let Outcome::Completed { indexed, .. } = &mut self {
+            *indexed = rows;
+        }
+        self
     }
 
     /// The label used in logs, spans and metrics.
@@ -155,9 +170,16 @@ mod tests {
         let c =
             |o: Outcome, attempt, max| o.completion(&job(attempt, max), &POLICY, 0.5).transition;
         assert_eq!(
-            c(Outcome::Completed { artifacts: vec![] }, 1, 5)
-                .to
-                .as_str(),
+            c(
+                Outcome::Completed {
+                    artifacts: vec![],
+                    indexed: vec![]
+                },
+                1,
+                5
+            )
+            .to
+            .as_str(),
             "completed"
         );
         let r = c(

@@ -689,7 +689,8 @@ impl Bench {
                             span: None,
                         })
                         .collect();
-                    lettuce_worker::db::jobs::complete_batch(&pool, &me, &batch, &[]).await?;
+                    lettuce_worker::db::jobs::attempt::complete_batch(&pool, &me, &batch, &[])
+                        .await?;
                 }
             }
         });

@@ -12,6 +12,7 @@ use tokio_postgres::types::Type;
 use tracing::Instrument;
 
 use super::{CHANNEL, record_sql};
+use crate::db::repositories::RepositoryIndexed;
 use crate::db::{DbError, DbPool};
 use crate::job::{JobState, Transition};
 
@@ -266,7 +267,34 @@ pub async fn complete_batch(
     let span =
         crate::observability::sql_span("db.complete_batch", "UPDATE", "lettuce.job_queue", shown);
     crate::observability::add_links(&span, batch.iter().filter_map(|c| c.span.as_ref()));
-    let result = complete_batch_sql(pool, worker_id, batch, artifacts)
+    let result = complete_batch_sql(pool, worker_id, batch, artifacts, &[])
+        .instrument(span.clone())
+        .await;
+    record_sql(&span, &result, |ids| ids.len());
+    result
+}
+
+/// [`complete_batch`] plus the repository rows completed `repo.index` jobs update
+/// ([`crate::db::repositories::record_index`]), in the same transaction, for accepted
+/// completions only.
+pub async fn complete_batch_with(
+    pool: &DbPool,
+    worker_id: &str,
+    batch: &[Completion],
+    artifacts: &[ArtifactRow],
+    indexed: &[RepositoryIndexed],
+) -> Result<Vec<i64>, DbError> {
+    if indexed.is_empty() {
+        return complete_batch(pool, worker_id, batch, artifacts).await;
+    }
+    let span = crate::observability::sql_span(
+        "db.complete_batch",
+        "UPDATE",
+        "lettuce.job_queue",
+        FINISH_SQL,
+    );
+    crate::observability::add_links(&span, batch.iter().filter_map(|c| c.span.as_ref()));
+    let result = complete_batch_sql(pool, worker_id, batch, artifacts, indexed)
         .instrument(span.clone())
         .await;
     record_sql(&span, &result, |ids| ids.len());
@@ -313,6 +341,7 @@ async fn complete_batch_sql(
     worker_id: &str,
     batch: &[Completion],
     artifacts: &[ArtifactRow],
+    indexed: &[RepositoryIndexed],
 ) -> Result<Vec<i64>, DbError> {
     let mut client = pool.get().await?;
     let (finished, requeued): (Vec<&Completion>, Vec<&Completion>) =
@@ -324,8 +353,10 @@ async fn complete_batch_sql(
         .collect();
     wake.sort_unstable();
     wake.dedup();
-    let needs_tx =
-        !artifacts.is_empty() || !wake.is_empty() || (!finished.is_empty() && !requeued.is_empty());
+    let needs_tx = !artifacts.is_empty()
+        || !indexed.is_empty()
+        || !wake.is_empty()
+        || (!finished.is_empty() && !requeued.is_empty());
     if !needs_tx {
         let part = if finished.is_empty() {
             &requeued
@@ -355,6 +386,20 @@ async fn complete_batch_sql(
             &[&job_ids, &keys, &sizes, &shas, &etags],
         )
         .await?;
+    }
+    // Repository rows only for jobs whose write as `completed` was accepted (not for the
+    // discarded fallback of a refused outcome).
+    let completed: std::collections::HashSet<i64> = finished
+        .iter()
+        .filter(|c| c.transition.to == JobState::Completed && accepted_set.contains(&c.id))
+        .map(|c| c.id)
+        .collect();
+    let indexed: Vec<&RepositoryIndexed> = indexed
+        .iter()
+        .filter(|r| completed.contains(&r.job_id))
+        .collect();
+    if !indexed.is_empty() {
+        crate::db::repositories::record_index(&*tx, &indexed).await?;
     }
     for queue in wake {
         tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &queue])

@@ -46,7 +46,10 @@ pub mod enqueue;
 pub mod steer;
 pub mod upkeep;
 
-pub use attempt::{ArtifactRow, ClaimedJob, Completion, claim_batch, complete_batch, heartbeat};
+pub use attempt::{
+    ArtifactRow, ClaimedJob, Completion, claim_batch, complete_batch_with,
+    heartbeat,
+};
 pub use enqueue::{NewJob, enqueue, enqueue_many};
 pub use steer::{JobRow, ListFilter, SteerError, cancel, get, list, retry};
 pub use upkeep::{prune, queue_depth, rescue_expired, take_turn};
