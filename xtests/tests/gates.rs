@@ -9,6 +9,7 @@ use lettuce_worker::config::{Env, RawConfig};
 use lettuce_worker::license::{self, Claims};
 use lettuce_worker::secrets::SecretSource;
 use xtests::fake_github::{AppKey, FakeGithub};
+use xtests::fake_gitlab::{self, FakeGitlab};
 use xtests::services::{Moto, Vault, free_port};
 use xtests::{TestDb, WorkerProcess, enqueue_sql, run_worker, wait_final};
 
@@ -170,12 +171,17 @@ async fn no_failing_gate_prints_a_secret() {
     let fake = FakeGithub::start(424242, &app_key, false).await;
     fake.add_installation(1, "acme");
     let (lic_env, token) = licensed(&claims(365));
+    // GitLab too: check-config probes `GET /user` with GITLAB_TOKEN.
+    let gitlab_token = "glpat-Sekr1t-gitlab-token-55";
+    let gitlab = FakeGitlab::start(gitlab_token).await;
     let db_password = "pw-Sekr1t-db-password-77";
     let vault_token = "hvs.Sekr1t-vault-token-99";
     let mut base = db.env();
     base.extend(lic_env);
     base.extend(github_vars(&key_pem));
     base.insert("GITHUB_API_URL".into(), fake.api_url());
+    base.insert("GITLAB_HOST".into(), gitlab.base.clone());
+    base.insert("GITLAB_TOKEN".into(), gitlab_token.into());
     let url_with_password = db.url.replacen(
         "postgres://postgres@",
         &format!("postgres://postgres:{db_password}@"),
@@ -201,6 +207,7 @@ async fn no_failing_gate_prints_a_secret() {
         vault_token.into(),
         "ghcs-Sekr1t-client-secret-42".into(),
         "s3-Sekr1t-secret-key".into(),
+        gitlab_token.into(),
         token.clone(),
         forged.clone(),
     ];
@@ -276,6 +283,21 @@ async fn no_failing_gate_prints_a_secret() {
         }
         all_printed.extend([out, err, cc_out, cc_err, json_out, json_err]);
     }
+    assert!(
+        gitlab.count(fake_gitlab::USER) > 0,
+        "check-config never probed the fake GitLab with GITLAB_TOKEN"
+    );
+    // A GitLab token the server refuses fails `gitlab.api` and is not printed either.
+    let wrong = "glpat-Sekr1t-wrong-token-66";
+    let mut env = base.clone();
+    env.insert("GITLAB_TOKEN".into(), wrong.into());
+    let (_, report, err) = check_config(&env, &[]);
+    assert_eq!(level_of(&report, "gitlab.api").0, "fail", "{report:#}");
+    let text = format!("{report}{err}");
+    assert!(
+        !text.contains(wrong) && !text.contains("Sekr1t-wrong"),
+        "{text}"
+    );
     // The App JWTs check-config signed for the fake were never printed either.
     let jwts = fake.secrets_seen();
     assert!(
@@ -685,6 +707,7 @@ async fn check_config_passes_on_a_good_setup_and_reports_every_check() {
             "db.version",
             "db.privileges",
             "schema",
+            "repositories",
             "artifacts",
             "git",
             "scratch",

@@ -727,3 +727,63 @@ async fn repo_webhook_ensure_creates_once_updates_on_a_new_secret_and_falls_back
         }
     }
 }
+
+/// check-config's `repositories` check: how many repositories are kept, and each whose webhook
+/// is `manual` or `failed`, with its error; `ok` when none needs attention.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_config_lists_repositories_whose_webhook_needs_attention() {
+    let (db, env) = applied().await;
+    let report = |env: &std::collections::HashMap<String, String>| {
+        let (_, out, err) = run_worker(&["check-config", "--format", "json"], env);
+        let doc: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+        doc["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == "repositories")
+            .cloned()
+            .unwrap_or_else(|| panic!("no repositories check: {doc}"))
+    };
+    let none = report(&env);
+    assert_eq!(none["level"], "ok", "{none}");
+    assert!(
+        none["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("0 repositories"),
+        "{none}"
+    );
+
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "INSERT INTO lettuce.repositories (provider, host, full_name, installation_id, webhook_status, webhook_error)
+             VALUES ('github', 'github.com', 'acme/widgets', 42, 'manual', 'the App lacks Webhooks: Read & write'),
+                    ('github', 'github.com', 'acme/gone', 42, 'failed', 'repository acme/gone not found'),
+                    ('gitlab', 'gitlab.acme.test', 'grp/sub/proj', NULL, 'active', NULL)",
+        )
+        .await
+        .unwrap();
+    let some = report(&env);
+    assert_eq!(some["level"], "warn", "{some}");
+    let message = some["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("3 repositories kept; 2 without an active webhook"),
+        "{message}"
+    );
+    assert!(
+        message.contains("github:github.com/acme/widgets manual: the App lacks Webhooks")
+            && message
+                .contains("github:github.com/acme/gone failed: repository acme/gone not found")
+            && !message.contains("grp/sub/proj"),
+        "{message}"
+    );
+    assert!(
+        some["hint"]
+            .as_str()
+            .unwrap()
+            .contains("Webhooks: Read & write"),
+        "{some}"
+    );
+}

@@ -154,6 +154,7 @@ pub async fn report(env: &Env, offline: bool, now: OffsetDateTime) -> Vec<Check>
         "db.version",
         "db.privileges",
         "schema",
+        "repositories",
         "artifacts",
         "telemetry.receiver",
         "otlp",
@@ -561,7 +562,13 @@ fn connect_hint(e: &tokio_postgres::Error) -> &'static str {
 }
 
 async fn database_checks(config: &Config, offline: bool) -> Vec<Check> {
-    let ids = ["db.connect", "db.version", "db.privileges", "schema"];
+    let ids = [
+        "db.connect",
+        "db.version",
+        "db.privileges",
+        "schema",
+        "repositories",
+    ];
     if offline {
         return ids
             .iter()
@@ -681,11 +688,73 @@ async fn database_checks(config: &Config, offline: bool) -> Vec<Check> {
             },
         )
     });
-    v.push(schema_check(
-        db::schema::state(&pool).await,
-        facts.can_create,
-    ));
+    let schema = schema_check(db::schema::state(&pool).await, facts.can_create);
+    let usable = schema.level == Level::Ok;
+    v.push(schema);
+    v.push(if usable {
+        repositories_check(&pool).await
+    } else {
+        check(
+            "repositories",
+            Level::Skip,
+            "skipped: the schema is not at this binary's revision",
+        )
+    });
     v
+}
+
+/// `repositories`: how many repositories this instance keeps, and each whose webhook is
+/// `manual` (the App or token lacks the webhook permission) or `failed`, with its error.
+async fn repositories_check(pool: &db::DbPool) -> Check {
+    const SHOWN: i64 = 10;
+    let client = match pool.get().await {
+        Ok(c) => c,
+        Err(e) => {
+            return hinted(
+                "repositories",
+                Level::Warn,
+                e.to_string(),
+                "the database answered a moment ago; run check-config again",
+            );
+        }
+    };
+    match db::repositories::webhook_problems(&**client, SHOWN).await {
+        Ok((total, 0, _)) => check(
+            "repositories",
+            Level::Ok,
+            format!("{total} repositories kept; no webhook needs attention"),
+        ),
+        Ok((total, bad, rows)) => {
+            let mut listed: Vec<String> = rows
+                .iter()
+                .map(|(provider, host, name, status, error)| {
+                    let why = error
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default();
+                    format!("{provider}:{host}/{name} {status}{why}")
+                })
+                .collect();
+            if bad > SHOWN {
+                listed.push(format!("and {} more (`worker repos list`)", bad - SHOWN));
+            }
+            hinted(
+                "repositories",
+                Level::Warn,
+                format!(
+                    "{total} repositories kept; {bad} without an active webhook: {}",
+                    listed.join("; ")
+                ),
+                "for `manual`, grant the App \"Webhooks: Read & write\" (GitLab: a token with the `api` scope) and enqueue repo.webhook.ensure again, or add the hook by hand; until then the scheduled reindex keeps them fresh",
+            )
+        }
+        Err(e) => hinted(
+            "repositories",
+            Level::Warn,
+            e.to_string(),
+            "the role must be able to read lettuce.repositories",
+        ),
+    }
 }
 
 /// The `schema` check: what the database records against this binary's revision.

@@ -60,6 +60,37 @@ pub async fn list(client: &impl GenericClient) -> Result<Vec<Repository>, DbErro
     Ok(rows.iter().map(from_row).collect())
 }
 
+/// What `check-config`'s `repositories` check reports: how many repositories are kept, and the
+/// first `limit` whose webhook is `manual` or `failed` (provider, host, name, status, error),
+/// with how many such there are in all.
+pub async fn webhook_problems(
+    client: &impl GenericClient,
+    limit: i64,
+) -> Result<(i64, i64, Vec<(String, String, String, String, Option<String>)>), DbError> {
+    let counts = client
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE webhook_status IN ('manual', 'failed'))
+               FROM lettuce.repositories",
+            &[],
+        )
+        .await?;
+    let rows = client
+        .query(
+            "SELECT provider, host, full_name, webhook_status, webhook_error
+               FROM lettuce.repositories WHERE webhook_status IN ('manual', 'failed')
+              ORDER BY provider, host, full_name LIMIT $1",
+            &[&limit],
+        )
+        .await?;
+    Ok((
+        counts.get(0),
+        counts.get(1),
+        rows.iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+            .collect(),
+    ))
+}
+
 /// The repository recorded as (`provider`, `host`, `full_name`), if any.
 pub async fn find(
     client: &impl GenericClient,
