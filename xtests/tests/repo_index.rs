@@ -662,3 +662,87 @@ async fn an_uninstalled_app_an_unseen_repository_and_a_bad_payload_are_permanent
     }
     worker.stop().await.unwrap();
 }
+
+/// Issue 15's end-to-end promise: a burst of 20 pushes (20 `github.event` deliveries) leads to
+/// at most two `repo.index` runs, and the last commit is the one indexed.
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_pushes_make_at_most_two_index_runs_and_the_last_commit_is_indexed() {
+    let mut rig = Rig::new().await;
+    rig.env.insert("LETTUCE_QUEUES".into(), "default=4".into());
+    let (work, _) = rig.repo("acme/widgets");
+    let worker = InProcessWorker::start(&rig.env).await;
+    let (state, _, errors, _) = rig.index("acme/widgets").await;
+    assert_eq!(state, "completed", "{errors}");
+    let before: i64 = scalar(
+        &rig.client,
+        "SELECT count(*) FROM lettuce.jobs WHERE kind = 'repo.index'",
+    )
+    .await;
+
+    // Twenty commits pushed one after another, then their twenty deliveries in a burst; a slow
+    // git server keeps the first index running while the deliveries are handled.
+    let mut last = String::new();
+    for n in 0..20 {
+        work.write("app.py", format!("{APP_PY}\n\ndef push_{n}():\n    pass\n"));
+        last = work.commit(&format!("push {n}"));
+    }
+    rig.git.set_delay(Duration::from_millis(300));
+    let deliveries: Vec<Value> = (0..20)
+        .map(|n| {
+            json!({
+                "delivery_id": format!("push-{n}"),
+                "event": "push",
+                "payload": {
+                    "ref": "refs/heads/main",
+                    "after": last,
+                    "repository": {"full_name": "acme/widgets", "default_branch": "main"},
+                    "installation": {"id": INSTALLATION}
+                }
+            })
+        })
+        .collect();
+    rig.client
+        .execute(
+            "SELECT lettuce.enqueue('github.event', d) FROM unnest($1::jsonb[]) AS d",
+            &[&deliveries],
+        )
+        .await
+        .unwrap();
+    let indexed = eventually(
+        Duration::from_secs(90),
+        "the last commit indexed",
+        || async {
+            let waiting: i64 = scalar(
+                &rig.client,
+                "SELECT count(*) FROM lettuce.jobs WHERE kind IN ('github.event', 'repo.index')
+               AND state NOT IN ('completed', 'discarded', 'cancelled')",
+            )
+            .await;
+            let commit: Option<String> = scalar(
+            &rig.client,
+            "SELECT last_indexed_commit FROM lettuce.repositories WHERE full_name = 'acme/widgets'",
+        )
+        .await;
+            (waiting == 0 && commit.as_deref() == Some(last.as_str())).then_some(commit)
+        },
+    )
+    .await;
+    assert_eq!(indexed.as_deref(), Some(last.as_str()));
+    let runs: i64 = scalar(
+        &rig.client,
+        "SELECT count(*) FROM lettuce.jobs WHERE kind = 'repo.index' AND state = 'completed'",
+    )
+    .await;
+    let events: i64 = scalar(
+        &rig.client,
+        "SELECT count(*) FROM lettuce.jobs WHERE kind = 'github.event' AND state = 'completed'",
+    )
+    .await;
+    assert_eq!(events, 20, "every delivery was handled");
+    let after_burst = runs - before;
+    assert!(
+        (1..=2).contains(&after_burst),
+        "20 pushes made {after_burst} index runs"
+    );
+    worker.stop().await.unwrap();
+}
