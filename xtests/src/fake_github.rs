@@ -520,6 +520,21 @@ async fn handle(
                     .map(|(id, account)| json!({"id": id, "account": {"login": account}, "app_id": g.app_id}))
                     .collect();
                 list.sort_by_key(|v| v["id"].as_u64());
+                // Paged as GitHub pages it: `per_page` (default 30, at most 100), `page` from 1.
+                let param = |name: &str| {
+                    uri.query()
+                        .unwrap_or("")
+                        .split('&')
+                        .find_map(|kv| kv.strip_prefix(&format!("{name}=")[..]))
+                        .and_then(|v| v.parse::<usize>().ok())
+                };
+                let per_page = param("per_page").unwrap_or(30).clamp(1, 100);
+                let page = param("page").unwrap_or(1).max(1);
+                let list: Vec<Value> = list
+                    .into_iter()
+                    .skip((page - 1) * per_page)
+                    .take(per_page)
+                    .collect();
                 json_response(200, &Value::Array(list))
             }
             _ => {

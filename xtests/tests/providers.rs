@@ -611,3 +611,26 @@ async fn check_config_github_api_passes_against_the_fake_and_names_a_key_mismatc
     assert!(!out.contains("github.api"), "{out}");
     assert_eq!(fake.count("GET /app"), calls);
 }
+
+/// check-config's installation count covers every page of `GET /app/installations`, not the
+/// first 100 only.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_installation_count_follows_every_page() {
+    let key = AppKey::generate();
+    let fake = FakeGithub::start(APP_ID, &key, false).await;
+    for id in 1..=250 {
+        fake.add_installation(id, &format!("org-{id}"));
+    }
+    let client = GithubClient::new(
+        &settings(&fake, &key.pkcs1_pem),
+        RateLimitCounter::default(),
+    )
+    .unwrap();
+    let probe = client.probe_app().await.unwrap();
+    assert_eq!(probe.installations, 250);
+    assert_eq!(
+        fake.count("GET /app/installations"),
+        3,
+        "pages of 100, 100 and 50"
+    );
+}

@@ -639,21 +639,36 @@ impl GithubClient {
         let app: AppBody = self
             .verdict(answer, "GET /app", not_found, "none")?
             .json("GET /app")?;
-        let answer = self
-            .send(Method::GET, "/app/installations?per_page=100", &jwt, None)
-            .await?;
-        let installations: Vec<Value> = self
-            .verdict(
-                answer,
-                "GET /app/installations",
-                || ProviderError::Rejected("GitHub answered 404 to GET /app/installations".into()),
-                "none",
-            )?
-            .json("GET /app/installations")?;
+        // Every page of installations (100 a page), up to a bound so a probe stays quick.
+        const PER_PAGE: usize = 100;
+        const MAX_PAGES: usize = 50;
+        let mut installations = 0;
+        for page in 1..=MAX_PAGES {
+            let answer = self
+                .send(
+                    Method::GET,
+                    &format!("/app/installations?per_page={PER_PAGE}&page={page}"),
+                    &jwt,
+                    None,
+                )
+                .await?;
+            let listed: Vec<Value> = self
+                .verdict(
+                    answer,
+                    "GET /app/installations",
+                    || ProviderError::Rejected("GitHub answered 404 to GET /app/installations".into()),
+                    "none",
+                )?
+                .json("GET /app/installations")?;
+            installations += listed.len();
+            if listed.len() < PER_PAGE {
+                break;
+            }
+        }
         Ok(AppProbe {
             slug: app.slug,
             name: app.name,
-            installations: installations.len(),
+            installations,
         })
     }
 }
