@@ -317,6 +317,33 @@ async fn due_repositories_get_one_reindex_each_and_fresh_ones_none() {
         .await
         .unwrap();
     assert_eq!(bounded.len(), 1);
+
+    // A repository whose last index failed within the interval waits for the next one; one
+    // that failed longer ago is due again.
+    client
+        .batch_execute(
+            "DELETE FROM lettuce.job_queue;
+             UPDATE lettuce.repositories SET last_indexed_at = now() WHERE full_name <> 'acme/stale';
+             INSERT INTO lettuce.jobs (kind, payload, state, unique_key, finished_at, attempt, max_attempts)
+             VALUES ('repo.index', '{}', 'discarded', 'github:acme/stale:#1', now() - interval '1 minute', 1, 1)",
+        )
+        .await
+        .unwrap();
+    let failed = lettuce_worker::db::repositories::enqueue_due_reindexes(&client, six_hours, 100)
+        .await
+        .unwrap();
+    assert!(
+        failed.is_empty(),
+        "a repository that just failed is not retried every pass: {failed:?}"
+    );
+    client
+        .batch_execute("UPDATE lettuce.job_history SET finished_at = now() - interval '7 hours'")
+        .await
+        .unwrap();
+    let later = lettuce_worker::db::repositories::enqueue_due_reindexes(&client, six_hours, 100)
+        .await
+        .unwrap();
+    assert_eq!(later.len(), 1, "due again one interval after the failure");
 }
 
 /// `github.event` through the real binary (issue 15): a push to the indexed branch enqueues one

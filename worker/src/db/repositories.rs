@@ -289,6 +289,14 @@ pub async fn enqueue_due_reindexes(
                              WHERE j.kind = 'repo.index'
                                AND j.unique_key >= provider || ':' || full_name || ':#'
                                AND j.unique_key < provider || ':' || full_name || ':$')
+                        -- Nor when its last index failed within the interval: a repository
+                        -- that cannot be indexed is tried once per interval, not every pass.
+                        AND NOT EXISTS (
+                            SELECT 1 FROM lettuce.job_history h
+                             WHERE h.unique_key >= provider || ':' || full_name || ':#'
+                               AND h.unique_key < provider || ':' || full_name || ':$'
+                               AND h.kind = 'repo.index' AND h.state = 'discarded'
+                               AND h.finished_at > now() - $1 * interval '1 millisecond')
                       ORDER BY last_indexed_at NULLS FIRST, id
                       LIMIT $2) r",
             &[&interval_ms, &limit],
