@@ -83,9 +83,6 @@ fn no_source_file_grows_past_600_lines() {
         "git/mod.rs",
         "metrics.rs",
         "providers/github.rs",
-        "heartbeat/mod.rs",
-        "observability/mod.rs",
-        "observability/otlp.rs",
         "artifacts/s3.rs",
     ];
     let root = worker_src();
