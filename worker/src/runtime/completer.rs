@@ -1,5 +1,5 @@
 //! The only writer of outcomes. Collects finished attempts and writes them in batches (one
-//! statement over `unnest(…)` per batch, see `db::jobs::complete_batch`), then releases the
+//! statement over `unnest(…)` per batch, see `db::jobs::complete_batch_with`), then releases the
 //! attempts' slots. Writes are fenced; a fenced write is logged as a late completion.
 //!
 //! Failure model (no outcome can wedge the worker):

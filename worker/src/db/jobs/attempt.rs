@@ -249,14 +249,28 @@ UPDATE lettuce.job_queue j
 RETURNING j.id"
 );
 
-/// Writes a batch of outcomes in one statement (plus artifact rows and a wake-up NOTIFY in the
-/// same transaction when needed). Returns the ids whose write was accepted; the others were
-/// fenced off (rescued, cancelled or reassigned since the claim).
+/// [`complete_batch_with`] without repository rows (the benchmarks call it directly).
+#[cfg(feature = "testing")]
 pub async fn complete_batch(
     pool: &DbPool,
     worker_id: &str,
     batch: &[Completion],
     artifacts: &[ArtifactRow],
+) -> Result<Vec<i64>, DbError> {
+    complete_batch_with(pool, worker_id, batch, artifacts, &[]).await
+}
+
+/// Writes a batch of outcomes in one statement (plus artifact rows, the repository rows that
+/// completed `repo.index` jobs update ([`crate::db::repositories::record_index`]) and a wake-up
+/// NOTIFY in the same transaction when needed). Returns the ids whose write was accepted; the
+/// others were fenced off (rescued, cancelled or reassigned since the claim). Artifact and
+/// repository rows are written for accepted completions only.
+pub async fn complete_batch_with(
+    pool: &DbPool,
+    worker_id: &str,
+    batch: &[Completion],
+    artifacts: &[ArtifactRow],
+    indexed: &[RepositoryIndexed],
 ) -> Result<Vec<i64>, DbError> {
     // The span shows the statement that carries the batch: FINISH_SQL unless nothing finished.
     let shown = if batch.iter().any(|c| c.transition.to.is_final()) {
@@ -266,33 +280,6 @@ pub async fn complete_batch(
     };
     let span =
         crate::observability::sql_span("db.complete_batch", "UPDATE", "lettuce.job_queue", shown);
-    crate::observability::add_links(&span, batch.iter().filter_map(|c| c.span.as_ref()));
-    let result = complete_batch_sql(pool, worker_id, batch, artifacts, &[])
-        .instrument(span.clone())
-        .await;
-    record_sql(&span, &result, |ids| ids.len());
-    result
-}
-
-/// [`complete_batch`] plus the repository rows completed `repo.index` jobs update
-/// ([`crate::db::repositories::record_index`]), in the same transaction, for accepted
-/// completions only.
-pub async fn complete_batch_with(
-    pool: &DbPool,
-    worker_id: &str,
-    batch: &[Completion],
-    artifacts: &[ArtifactRow],
-    indexed: &[RepositoryIndexed],
-) -> Result<Vec<i64>, DbError> {
-    if indexed.is_empty() {
-        return complete_batch(pool, worker_id, batch, artifacts).await;
-    }
-    let span = crate::observability::sql_span(
-        "db.complete_batch",
-        "UPDATE",
-        "lettuce.job_queue",
-        FINISH_SQL,
-    );
     crate::observability::add_links(&span, batch.iter().filter_map(|c| c.span.as_ref()));
     let result = complete_batch_sql(pool, worker_id, batch, artifacts, indexed)
         .instrument(span.clone())

@@ -149,15 +149,7 @@ pub async fn retry(client: &impl GenericClient, id: i64) -> Result<JobRow, Steer
         .map_err(DbError::from)?;
     match row {
         Some(r) => Ok(job_row(&r)),
-        None => Err(match get(client, id).await? {
-            None => SteerError::NotFound(id),
-            Some(j) => SteerError::WrongState {
-                id,
-                state: j.state,
-                action: "retry",
-                allowed: "scheduled, retryable, completed, discarded and cancelled jobs",
-            },
-        }),
+        None => Err(refusal(client, id, "retry", "scheduled, retryable, completed, discarded and cancelled jobs").await),
     }
 }
 
@@ -183,14 +175,25 @@ pub async fn cancel(
         .map_err(DbError::from)?;
     match row {
         Some(r) => Ok(job_row(&r)),
-        None => Err(match get(client, id).await? {
-            None => SteerError::NotFound(id),
-            Some(j) => SteerError::WrongState {
-                id,
-                state: j.state,
-                action: "cancel",
-                allowed: "available, scheduled, retryable and running jobs",
-            },
-        }),
+        None => Err(refusal(client, id, "cancel", "available, scheduled, retryable and running jobs").await),
+    }
+}
+
+/// Why `action` did not apply to job `id`: it does not exist, or its state is not `allowed`.
+async fn refusal(
+    client: &impl GenericClient,
+    id: i64,
+    action: &'static str,
+    allowed: &'static str,
+) -> SteerError {
+    match get(client, id).await {
+        Err(e) => SteerError::Db(e),
+        Ok(None) => SteerError::NotFound(id),
+        Ok(Some(j)) => SteerError::WrongState {
+            id,
+            state: j.state,
+            action,
+            allowed,
+        },
     }
 }
