@@ -1019,3 +1019,113 @@ async fn provider_requests_are_client_spans_under_the_job_span() {
         }
     }
 }
+
+/// `job.repo.index` has `repo.fetch`, `repo.parse` and `repo.upload` children carrying what they
+/// moved: the commit and the tree's size, the parse counts, the artifacts' bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn repo_index_spans_fetch_parse_and_upload_under_the_job_with_sizes_and_counts() {
+    use xtests::fake_github::{AppKey, FakeGithub};
+    use xtests::git_server::GitServer;
+    const APP_ID: u64 = 616161;
+    let key = AppKey::generate();
+    let fake = FakeGithub::start(APP_ID, &key, false).await;
+    fake.add_installation(7, "acme");
+    fake.add_repo(7, "acme/widgets", "main");
+    let git = GitServer::start().await;
+    git.require_checked("x-access-token", Arc::new(fake.token_checker()));
+    let work = git.create_repo("acme/widgets");
+    work.write("src/lib.rs", "pub fn one() {}\npub struct Two;\n");
+    work.write("app.py", "def three():\n    pass\n");
+    work.write("README.md", "# widgets\n");
+    let commit = work.commit("first");
+
+    let (addr, received) = otlp_receiver().await;
+    let db = TestDb::new().await;
+    let mut env = db.env();
+    for (k, v) in [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
+        ("OTEL_BSP_SCHEDULE_DELAY", "600000".into()),
+        ("GITHUB_APP_ID", APP_ID.to_string()),
+        ("GITHUB_APP_NAME", "lettuce-test".into()),
+        ("GITHUB_APP_PRIVATE_KEY", key.base64_pem()),
+        ("GITHUB_APP_CLIENT_ID", "Iv1.0123456789abcdef".into()),
+        ("GITHUB_APP_CLIENT_SECRET", "ghcs-client-secret".into()),
+        ("GITHUB_API_URL", fake.api_url()),
+        ("GITHUB_SERVER_URL", git.base()),
+    ] {
+        env.insert(k.into(), v);
+    }
+    let mut worker = WorkerProcess::start(&["run"], &env);
+    worker.wait_ready(Duration::from_secs(30)).await;
+    let client = db.client().await;
+    let id: i64 = client
+        .query_one(
+            "SELECT lettuce.enqueue('repo.index', '{\"provider\": \"github\", \"repo\": \"acme/widgets\", \"installation_id\": 7}')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let (state, _, errors) = wait_final(&client, id, Duration::from_secs(60)).await;
+    assert_eq!(state, "completed", "{errors}");
+    worker.signal(libc::SIGTERM);
+    assert_eq!(worker.wait_exit(Duration::from_secs(30)).await, Some(0));
+
+    let requests = received.lock().unwrap().clone();
+    let all = exported(&requests);
+    let spans: Vec<&PSpan> = all.iter().map(|(_, s)| s).collect();
+    let names = || spans.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+    let job = spans
+        .iter()
+        .find(|s| s.name == "job.repo.index")
+        .unwrap_or_else(|| panic!("no job span among {:?}", names()));
+    let child = |name: &str| -> &PSpan {
+        spans
+            .iter()
+            .find(|s| s.name == name && s.parent_span_id == job.span_id)
+            .unwrap_or_else(|| panic!("no {name} under the job span among {:?}", names()))
+    };
+    let int = |span: &PSpan, key: &str| match pattr(span, key) {
+        Some(any_value::Value::IntValue(n)) => n,
+        other => panic!("{}: {key} is {other:?}", span.name),
+    };
+    let fetch = child("repo.fetch");
+    assert_eq!(pattr(fetch, "git.commit"), s(&commit));
+    assert_eq!(
+        pattr(fetch, "git.fresh_clone"),
+        Some(any_value::Value::BoolValue(true))
+    );
+    assert_eq!(int(fetch, "git.files"), 3);
+    assert!(int(fetch, "git.bytes") > 0);
+
+    let parse = child("repo.parse");
+    assert_eq!(int(parse, "index.files"), 3);
+    assert_eq!(int(parse, "index.parsed"), 2);
+    assert_eq!(int(parse, "index.carried"), 0);
+    assert_eq!(int(parse, "index.symbols"), 3);
+    assert!(int(parse, "index.bytes_parsed") > 0);
+    assert!(fetch.end_time_unix_nano <= parse.start_time_unix_nano);
+
+    let upload = child("repo.upload");
+    assert_eq!(int(upload, "artifacts.count"), 3);
+    let on_disk: u64 = ["files.jsonl.zst", "symbols.jsonl.zst", "manifest.json"]
+        .iter()
+        .map(|name| {
+            let path = std::path::Path::new(&env["CODEWAZE_DATA_DIR"])
+                .join("artifacts")
+                .join(format!("jobs/{id}/attempt-1/{name}"));
+            std::fs::metadata(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+                .len()
+        })
+        .sum();
+    assert_eq!(int(upload, "artifacts.bytes") as u64, on_disk);
+    assert!(parse.end_time_unix_nano <= upload.start_time_unix_nano);
+
+    let text = format!("{requests:?}");
+    for secret in fake.secrets_seen() {
+        for part in secret.split('.').filter(|p| p.len() >= 20) {
+            assert!(!text.contains(part), "a credential reached a span");
+        }
+    }
+}

@@ -746,3 +746,67 @@ async fn twenty_pushes_make_at_most_two_index_runs_and_the_last_commit_is_indexe
     );
     worker.stop().await.unwrap();
 }
+
+/// A cancel that lands while the files are being parsed stops the parser: the slot is free
+/// within a second, and no artifact, artifact row or repository update is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_mid_parse_frees_the_slot_within_a_second_and_writes_nothing() {
+    let rig = Rig::new().await;
+    let (work, _) = rig.repo("acme/widgets");
+    // Enough source that parsing takes seconds in a debug build: 800 files of ~25 KB.
+    let body: String = (0..400)
+        .map(|i| format!("pub fn f{i}(x: u32) -> u32 {{ let y = x + {i}; y * 2 }}\n"))
+        .collect();
+    for n in 0..800 {
+        work.write(&format!("src/m{n}.rs"), format!("// module {n}\n{body}"));
+    }
+    work.commit("many files");
+    let worker = InProcessWorker::start(&rig.env).await;
+    let id = rig.enqueue("acme/widgets").await;
+    let out = rig
+        .data_dir()
+        .join("index-work")
+        .join(format!("job-{id}-attempt-1"))
+        .join("out");
+    eventually(
+        Duration::from_secs(60),
+        "the parse stage to start",
+        || async { out.exists().then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let state: String = scalar(
+        &rig.client,
+        &format!("SELECT state FROM lettuce.jobs WHERE id = {id}"),
+    )
+    .await;
+    assert_eq!(
+        state, "running",
+        "the index finished before the cancel: make the repository bigger"
+    );
+    let cancelled_at = Instant::now();
+    lettuce_worker::db::jobs::cancel(&rig.client, id, "cancelled by the test")
+        .await
+        .unwrap();
+    let next = xtests::enqueue_sql(&rig.client, "diag.noop", json!({})).await;
+    let (state, _, _) = wait_final(&rig.client, next, Duration::from_secs(5)).await;
+    assert_eq!(state, "completed", "the slot is free");
+    let freed = cancelled_at.elapsed();
+    assert!(freed < Duration::from_secs(1), "slot free after {freed:?}");
+
+    assert!(rig.artifact_keys(id).await.is_empty());
+    assert!(
+        !rig.data_dir()
+            .join("artifacts")
+            .join(format!("jobs/{id}"))
+            .exists(),
+        "no artifact was written"
+    );
+    let indexed: Option<String> = scalar(
+        &rig.client,
+        "SELECT last_indexed_commit FROM lettuce.repositories WHERE full_name = 'acme/widgets'",
+    )
+    .await;
+    assert_eq!(indexed, None);
+    worker.stop().await.unwrap();
+}

@@ -16,6 +16,7 @@
 //!
 //! Spans under `job.repo.index`: `repo.fetch` (commit, ref, whether it was a fresh clone),
 //! `repo.parse` (files, parsed, carried, symbols, bytes parsed), `repo.upload` (artifact bytes).
+//! Counts are recorded as `i64`: tracing-opentelemetry exports a `u64` field as a string.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -269,8 +270,11 @@ impl super::Handler for RepoIndex {
                 let span = tracing::Span::current();
                 span.record("git.commit", fetched.commit.as_str());
                 span.record("git.fresh_clone", fetched.fresh_clone);
-                span.record("git.files", entries.len() as u64);
-                span.record("git.bytes", entries.iter().map(|e| e.size).sum::<u64>());
+                span.record("git.files", entries.len() as i64);
+                span.record(
+                    "git.bytes",
+                    entries.iter().map(|e| e.size).sum::<u64>() as i64,
+                );
                 Ok::<_, HandlerError>((dir, fetched, entries))
             }
             .instrument(fetch_span)
@@ -344,11 +348,11 @@ impl super::Handler for RepoIndex {
             Err(IndexError::Cancelled) => return Err(cancelled(&p.repo)),
             Err(e) => return Err(index_error(&p.repo, e)),
         };
-        parse_span.record("index.files", output.files);
-        parse_span.record("index.parsed", output.parsed);
-        parse_span.record("index.carried", output.carried);
-        parse_span.record("index.symbols", output.symbols);
-        parse_span.record("index.bytes_parsed", output.bytes_parsed);
+        parse_span.record("index.files", output.files as i64);
+        parse_span.record("index.parsed", output.parsed as i64);
+        parse_span.record("index.carried", output.carried as i64);
+        parse_span.record("index.symbols", output.symbols as i64);
+        parse_span.record("index.bytes_parsed", output.bytes_parsed as i64);
         if cancel.is_cancelled() {
             return Err(cancelled(&p.repo));
         }
@@ -357,7 +361,7 @@ impl super::Handler for RepoIndex {
         let upload_span = tracing::info_span!(
             "repo.upload",
             repo = %p.repo,
-            artifacts.count = 3u64,
+            artifacts.count = 3i64,
             artifacts.bytes = tracing::field::Empty,
         );
         let (files_row, symbols_row, manifest_row) = {
@@ -418,7 +422,7 @@ impl super::Handler for RepoIndex {
         };
         upload_span.record(
             "artifacts.bytes",
-            (files_row.size + symbols_row.size + manifest_row.size) as u64,
+            files_row.size + symbols_row.size + manifest_row.size,
         );
         if cancel.is_cancelled() {
             return Err(cancelled(&p.repo));

@@ -28,6 +28,7 @@
 //!
 //! [`heartbeat`] is the daily telemetry ping (README "Telemetry").
 
+pub(crate) mod condition;
 pub mod otlp;
 
 use std::collections::HashMap;
@@ -140,11 +141,29 @@ fn route_panics() {
     }));
 }
 
+/// deadpool's own WARN lines ("Connection could not be recycled", one per pooled connection
+/// after a database restart) are left out: the pool replaces such connections by itself, and
+/// the runtime's retry loops report the outage once each (`condition.rs`). Added to `RUST_LOG`
+/// unless it names deadpool itself.
+const QUIET_DEADPOOL: &str = "deadpool=error,deadpool.postgres=error";
+
+/// The log filter: `RUST_LOG` (default `info`) plus [`QUIET_DEADPOOL`].
+fn log_filter_spec(rust_log: Option<&str>) -> String {
+    match rust_log.map(str::trim).filter(|s| !s.is_empty()) {
+        Some(spec) if spec.contains("deadpool") => spec.to_string(),
+        Some(spec) => format!("{spec},{QUIET_DEADPOOL}"),
+        None => format!("info,{QUIET_DEADPOOL}"),
+    }
+}
+
 fn install(format: LogFormat, provider: Option<&SdkTracerProvider>) {
     route_panics();
     let otel = provider.map(otel_layer);
-    let log_filter =
-        || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let log_filter = || {
+        let rust_log = std::env::var("RUST_LOG").ok();
+        EnvFilter::try_new(log_filter_spec(rust_log.as_deref()))
+            .unwrap_or_else(|_| EnvFilter::new(log_filter_spec(None)))
+    };
     // Backend-only spans never reach the log layer, whatever RUST_LOG says.
     let not_backend_only = || filter_fn(|m| m.target() != SPAN_TARGET);
     let registry = tracing_subscriber::registry().with(otel);
@@ -326,7 +345,7 @@ pub fn producer_span(queue: Option<&str>, count: usize) -> tracing::Span {
         }
     }
     if count != 1 {
-        span.record("messaging.batch.message_count", count as u64);
+        span.record("messaging.batch.message_count", count as i64);
     }
     span
 }

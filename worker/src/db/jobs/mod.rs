@@ -71,7 +71,7 @@ pub(crate) fn record_sql<T>(
     }
     match result {
         Ok(v) => {
-            span.record("db.rows", rows(v) as u64);
+            span.record("db.rows", rows(v) as i64);
         }
         Err(e) => crate::observability::record_error(span, e),
     }
