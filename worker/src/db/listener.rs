@@ -17,6 +17,11 @@ use tokio_postgres::{AsyncMessage, Config as PgConfig};
 use tokio_util::sync::CancellationToken;
 
 use super::jobs::{CHANNEL, CONTROL_CHANNEL};
+use crate::observability::condition::Condition;
+
+/// The first reconnect waits this long, doubling up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_millis(50);
+const MAX_RETRY: Duration = Duration::from_millis(500);
 
 /// Wake-up handles per queue name, shared with the producers.
 pub type Wakers = Arc<HashMap<String, Arc<Notify>>>;
@@ -61,7 +66,10 @@ pub async fn run(
 ) {
     // A name of its own, so operators (and tests) can tell it apart in pg_stat_activity.
     cfg.application_name("lettuce-listener");
-    let mut delay = Duration::from_millis(100);
+    // A short, flat-topped backoff: after a database restart LISTEN is back within half a second
+    // of the server accepting connections (a refused connect costs the server nothing).
+    let mut delay = FIRST_RETRY;
+    let failing = Condition::new("LISTEN connection");
     'reconnect: loop {
         if stop.is_cancelled() {
             return;
@@ -73,12 +81,12 @@ pub async fn run(
         let (client, mut conn) = match connected {
             Ok(pair) => pair,
             Err(e) => {
-                tracing::warn!(error = %super::error_text(&e), "LISTEN connection failed; retrying");
+                failing.failed(&super::error_text(&e));
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(delay) => {}
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
+                delay = (delay * 2).min(MAX_RETRY);
                 continue 'reconnect;
             }
         };
@@ -109,17 +117,18 @@ pub async fn run(
             .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {CONTROL_CHANNEL}"))
             .await
         {
-            tracing::warn!(error = %super::error_text(&e), "LISTEN failed; reconnecting");
+            failing.failed(&super::error_text(&e));
             driver.abort();
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
+            delay = (delay * 2).min(MAX_RETRY);
             continue 'reconnect;
         }
         let n = stats.connects.fetch_add(1, Ordering::Relaxed);
+        failing.ok();
         if n > 0 {
             tracing::info!("LISTEN connection re-established");
         }
-        delay = Duration::from_millis(100);
+        delay = FIRST_RETRY;
         // Catch up on anything announced while we were not listening.
         for w in wakers.values() {
             w.notify_one();

@@ -400,7 +400,7 @@ pub(crate) async fn traced<T>(
     if !span.is_disabled() {
         match &result {
             Ok(v) => {
-                span.record("db.rows", rows(v) as u64);
+                span.record("db.rows", rows(v) as i64);
             }
             Err(e) => crate::observability::record_error(&span, e),
         }

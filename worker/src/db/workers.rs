@@ -73,11 +73,17 @@ pub async fn deregister(pool: &DbPool, id: &str) -> Result<(), DbError> {
 }
 
 /// Removes rows whose heartbeat is older than `stale_after`. Returns the removed ids.
+///
+/// Nothing is stale while the server itself has been up for less than `stale_after`: after a
+/// database restart every row is old, and the live workers need one heartbeat to say so.
 pub async fn sweep_stale(pool: &DbPool, stale_after: Duration) -> Result<Vec<String>, DbError> {
     let client = pool.get().await?;
     let rows = client
         .query(
-            "DELETE FROM lettuce.workers WHERE heartbeat_at < now() - $1 * interval '1 millisecond' RETURNING id",
+            "DELETE FROM lettuce.workers
+              WHERE heartbeat_at < now() - $1 * interval '1 millisecond'
+                AND pg_postmaster_start_time() < now() - $1 * interval '1 millisecond'
+             RETURNING id",
             &[&(stale_after.as_millis() as f64)],
         )
         .await?;

@@ -206,3 +206,27 @@ fn http_span_drops_query_and_userinfo() {
     assert_eq!(attr(s, "server.address").as_deref(), Some("t.example:8443"));
     assert_eq!(attr(s, "http.response.status_code").as_deref(), Some("202"));
 }
+
+#[test]
+fn the_log_filter_quiets_deadpool_unless_rust_log_names_it() {
+    assert_eq!(
+        log_filter_spec(None),
+        "info,deadpool=error,deadpool.postgres=error"
+    );
+    assert_eq!(
+        log_filter_spec(Some(" ")),
+        "info,deadpool=error,deadpool.postgres=error"
+    );
+    assert_eq!(
+        log_filter_spec(Some("debug")),
+        "debug,deadpool=error,deadpool.postgres=error"
+    );
+    assert_eq!(
+        log_filter_spec(Some("info,deadpool=debug")),
+        "info,deadpool=debug"
+    );
+    // Every spec parses, and deadpool's WARN is below what the default lets through.
+    for spec in [log_filter_spec(None), log_filter_spec(Some("warn"))] {
+        tracing_subscriber::EnvFilter::try_new(&spec).unwrap();
+    }
+}

@@ -25,6 +25,7 @@ use crate::db::jobs::{ArtifactRow, ClaimedJob, Completion};
 use crate::db::repositories::RepositoryIndexed;
 use crate::db::{self, DbError};
 use crate::job::{JobState, Transition};
+use crate::observability::condition::Condition;
 
 /// The `/readyz` condition set while outcomes cannot be written.
 const UNREADY_KEY: &str = "outcomes";
@@ -93,10 +94,20 @@ pub(crate) async fn run(
 }
 
 /// How the completer stands with the database, across batches.
-#[derive(Default)]
 pub(crate) struct WriteState {
     /// Since when writes have been failing, if they are.
     failing_since: Option<Instant>,
+    /// One WARN when writes start failing, not one per retry.
+    failing: Condition,
+}
+
+impl Default for WriteState {
+    fn default() -> Self {
+        WriteState {
+            failing_since: None,
+            failing: Condition::new("writing outcomes"),
+        }
+    }
 }
 
 /// What became of one outcome.
@@ -152,9 +163,9 @@ async fn write_part(
         .await;
         match result {
             Ok(accepted) => {
+                state.failing.ok();
                 if state.failing_since.take().is_some() {
                     shared.health.clear_unready(UNREADY_KEY);
-                    tracing::info!("job outcomes are being written again");
                 }
                 return Ok(accepted);
             }
@@ -172,7 +183,9 @@ async fn write_part(
                     tracing::error!(error = %e, batch = part.len(), "writing outcomes failed for longer than a lease; giving up on them");
                     return Err(WriteError::Unreachable);
                 }
-                tracing::warn!(error = %e, batch = part.len(), "writing outcomes failed; retrying");
+                state
+                    .failing
+                    .failed(&format_args!("{e} (a batch of {})", part.len()));
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }

@@ -64,6 +64,7 @@ pub(crate) fn spawn_all(
     start!(StaleWorkerSweep {
         pool: pool.clone(),
         lease: config.lease,
+        stats: shared.stats.clone(),
     });
 }
 
@@ -170,15 +171,20 @@ impl PeriodicTask for Pruner {
     }
 }
 
-/// Removes `lettuce.workers` rows whose heartbeat stopped (crashed processes).
+/// Removes `lettuce.workers` rows whose heartbeat stopped (crashed processes) and, when it
+/// removed any, rescues the jobs they held at once instead of leaving them to lease expiry: a
+/// SIGKILLed worker's jobs run again about [`super::lease::stale_after`] (15 s) after its last
+/// heartbeat, not a lease (60 s) plus a rescue interval later. The table is one row per
+/// process, so the sweep runs every second.
 pub(crate) struct StaleWorkerSweep {
     pool: DbPool,
     lease: Duration,
+    stats: Arc<super::RuntimeStats>,
 }
 
 impl StaleWorkerSweep {
     fn stale_after(&self) -> Duration {
-        (self.lease * 2).max(Duration::from_secs(1))
+        super::lease::stale_after(self.lease)
     }
 }
 
@@ -187,13 +193,33 @@ impl PeriodicTask for StaleWorkerSweep {
         "stale-worker-sweep"
     }
     fn interval(&self) -> Duration {
-        self.stale_after().min(Duration::from_secs(60))
+        (self.stale_after() / 3).clamp(Duration::from_millis(100), Duration::from_secs(1))
     }
     async fn activate(&mut self) -> Result<Option<String>, String> {
         let gone = db::workers::sweep_stale(&self.pool, self.stale_after())
             .await
             .map_err(|e| e.to_string())?;
-        Ok((!gone.is_empty()).then(|| format!("removed stale worker rows: {}", gone.join(", "))))
+        if gone.is_empty() {
+            return Ok(None);
+        }
+        // Every running job whose worker row is gone is an orphan: rescue them now.
+        let mut rescued = 0usize;
+        loop {
+            let batch = db::jobs::rescue_expired(&self.pool, BATCH)
+                .await
+                .map_err(|e| e.to_string())?;
+            rescued += batch.len();
+            if (batch.len() as i64) < BATCH {
+                break;
+            }
+        }
+        self.stats
+            .rescued
+            .fetch_add(rescued as u64, Ordering::Relaxed);
+        Ok(Some(format!(
+            "removed stale worker rows: {}; rescued {rescued} jobs they held",
+            gone.join(", ")
+        )))
     }
 }
 

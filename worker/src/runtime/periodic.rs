@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::jitter;
 use crate::metrics::Metrics;
+use crate::observability::condition::Condition;
 
 /// One kind of periodic work.
 pub trait PeriodicTask: Send + 'static {
@@ -121,6 +122,8 @@ pub async fn drive<T: PeriodicTask>(
 ) {
     let name = task.name();
     board.register(name);
+    // A task failing every tick while the database is away is one WARN, not one per tick.
+    let failing = Condition::new(name);
     let mut wait = task.first_delay();
     loop {
         tokio::select! {
@@ -135,13 +138,17 @@ pub async fn drive<T: PeriodicTask>(
             Err(panic) => Activation::Panicked(panic.to_string()),
         };
         match &activation {
-            Activation::Quiet => board.record(name, false, None),
+            Activation::Quiet => {
+                failing.ok();
+                board.record(name, false, None)
+            }
             Activation::Reported(status) => {
+                failing.ok();
                 tracing::info!(task = name, "{status}");
                 board.record(name, false, Some(status.clone()));
             }
             Activation::Failed(e) => {
-                tracing::warn!(task = name, error = %e, "periodic task failed; next tick retries");
+                failing.failed(e);
                 board.record(name, true, Some(e.clone()));
             }
             Activation::Panicked(panic) => {

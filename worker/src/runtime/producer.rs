@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Shared, executor, sleep_or_stop};
 use crate::db;
+use crate::observability::condition::Condition;
 
 pub(crate) async fn run(
     shared: Arc<Shared>,
@@ -26,6 +27,8 @@ pub(crate) async fn run(
         return;
     }
     let mut error_delay = Duration::from_millis(100);
+    // One WARN when claims start failing, a reminder while they do, one INFO when they work again.
+    let failing = Condition::new(format!("claims of queue {queue}"));
     loop {
         // Wait for one free slot, then take every other free slot too. Waiting for a slot is
         // being busy, not being stalled (the watchdog's distinction).
@@ -58,6 +61,7 @@ pub(crate) async fn run(
         match claimed {
             Ok(jobs) => {
                 error_delay = Duration::from_millis(100);
+                failing.ok();
                 shared.database_wrote();
                 let got = jobs.len();
                 shared
@@ -83,7 +87,7 @@ pub(crate) async fn run(
                 drop(permits);
                 shared.database_failed(&e);
                 shared.ticks.tick(&queue);
-                tracing::warn!(queue = %queue, error = %e, "claim failed; retrying");
+                failing.failed(&e);
                 if !sleep_or_stop(error_delay, &stop).await {
                     return;
                 }

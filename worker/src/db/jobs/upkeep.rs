@@ -40,7 +40,9 @@ pub async fn queue_depth(pool: &DbPool) -> Result<Vec<DepthRow>, DbError> {
 macro_rules! presumed_dead {
     ($j:literal) => {
         concat!(
-            "'lease expired: worker ' || coalesce(",
+            "CASE WHEN ",
+            $j,
+            ".lease_expires_at < now() THEN 'lease expired: worker ' ELSE 'heartbeat stopped: worker ' END || coalesce(",
             $j,
             ".locked_by, '(unknown)') || ' presumed dead'"
         )
@@ -55,8 +57,9 @@ pub struct Rescued {
     pub locked_by: Option<String>,
 }
 
-/// Rescues up to `limit` running jobs whose lease expired: `retryable` (run now), or `discarded`
-/// when no attempt is left, with an error naming the presumed-dead worker. Wakes their queues.
+/// Rescues up to `limit` running jobs whose lease expired or whose worker's presence row is gone
+/// (swept as stale: the worker stopped heartbeating): `retryable` (run now), or `discarded` when
+/// no attempt is left, with an error naming the presumed-dead worker. Wakes their queues.
 pub async fn rescue_expired(pool: &DbPool, limit: i64) -> Result<Vec<Rescued>, DbError> {
     let client = pool.get().await?;
     let rows = client
@@ -64,7 +67,9 @@ pub async fn rescue_expired(pool: &DbPool, limit: i64) -> Result<Vec<Rescued>, D
             concat!(
                 "WITH expired AS (
                  SELECT id FROM lettuce.job_queue
-                  WHERE state = 'running' AND lease_expires_at < now()
+                  WHERE state = 'running'
+                    AND (lease_expires_at < now()
+                         OR NOT EXISTS (SELECT 1 FROM lettuce.workers w WHERE w.id = job_queue.locked_by))
                   ORDER BY lease_expires_at
                   LIMIT $1
                   FOR UPDATE SKIP LOCKED
