@@ -31,13 +31,13 @@ use crate::license::{self, LicenseError};
 
 /// The vendor's Ed25519 public key, compiled in. This copy is a DEV key; release builds replace
 /// `worker/assets/public.pem` with the production key before compiling.
-pub const BUNDLED_PUBLIC_KEY: &str = include_str!("../../assets/public.pem");
+pub const BUNDLED_PUBLIC_KEY: &str = include_str!("../../../assets/public.pem");
 
 /// The compose stack, compiled in so `init` works from the binary alone.
-const COMPOSE_TEMPLATE: &str = include_str!("../../../compose/docker-compose.yml");
+const COMPOSE_TEMPLATE: &str = include_str!("../../../../compose/docker-compose.yml");
 
 /// The collector configuration the compose file mounts for the `observability` profile.
-const OTEL_COLLECTOR_CONFIG: &str = include_str!("../../../compose/otel-collector.yaml");
+const OTEL_COLLECTOR_CONFIG: &str = include_str!("../../../../compose/otel-collector.yaml");
 
 /// The image reference in the compose template that `init` pins to `--version`.
 const IMAGE_TEMPLATE: &str =
