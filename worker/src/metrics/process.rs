@@ -1,5 +1,12 @@
 //! The standard `process_*` figures of this process, read from `/proc/self` at scrape time
 //! (Linux only; elsewhere nothing is reported).
+//! `ProcessMetrics` is the series they are exported as.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 
 /// One reading; `None` fields could not be read.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -73,6 +80,78 @@ fn stat_fields(stat: &str) -> Option<StatFields> {
         vsize: at(23)?,
         rss_pages: at(24)?,
     })
+}
+
+/// The `process_*` series.
+#[derive(Default)]
+pub(super) struct ProcessMetrics {
+    cpu_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    resident_bytes: Gauge,
+    virtual_bytes: Gauge,
+    open_fds: Gauge,
+    max_fds: Gauge,
+    start_time_seconds: FloatGauge,
+}
+
+impl ProcessMetrics {
+    pub(super) fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "process_cpu_seconds",
+            "User and system CPU time of this process, in seconds",
+            self.cpu_seconds.clone(),
+        );
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory of this process, in bytes",
+            self.resident_bytes.clone(),
+        );
+        registry.register(
+            "process_virtual_memory_bytes",
+            "Virtual memory of this process, in bytes",
+            self.virtual_bytes.clone(),
+        );
+        registry.register(
+            "process_open_fds",
+            "Open file descriptors of this process",
+            self.open_fds.clone(),
+        );
+        registry.register(
+            "process_max_fds",
+            "The open file descriptor limit of this process",
+            self.max_fds.clone(),
+        );
+        registry.register(
+            "process_start_time_seconds",
+            "Start time of this process, in seconds since the Unix epoch",
+            self.start_time_seconds.clone(),
+        );
+    }
+
+    pub(super) fn refresh(&self) {
+        let s = sample();
+        let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        if let Some(cpu) = s.cpu_seconds {
+            let seen = self.cpu_seconds.get();
+            if cpu > seen {
+                self.cpu_seconds.inc_by(cpu - seen);
+            }
+        }
+        if let Some(v) = s.resident_bytes {
+            self.resident_bytes.set(int(v));
+        }
+        if let Some(v) = s.virtual_bytes {
+            self.virtual_bytes.set(int(v));
+        }
+        if let Some(v) = s.open_fds {
+            self.open_fds.set(int(v));
+        }
+        if let Some(v) = s.max_fds {
+            self.max_fds.set(int(v));
+        }
+        if let Some(v) = s.start_time_seconds {
+            self.start_time_seconds.set(v);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -37,6 +37,10 @@
 //! name alphabet `[A-Za-z0-9_.:-]`, at most [`MAX_LABEL_LEN`] bytes: any other character becomes
 //! `_` (see [`label`]). The schema refuses such queue names already; this holds even for a row
 //! that reached the table some other way, so no stored text can add a line to `/metrics`.
+//!
+//! Here: the families and their registration, and what the executor and completer record;
+//! `scrape.rs` refreshes the values read at scrape time and renders; `process.rs` holds the
+//! `process_*` series.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -53,8 +57,9 @@ use crate::db::listener::ListenerStats;
 use crate::heartbeat::HeartbeatHandle;
 
 mod process;
+mod scrape;
 
-type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+use process::ProcessMetrics;
 
 /// The longest label value written; longer ones are cut.
 pub const MAX_LABEL_LEN: usize = 128;
@@ -166,78 +171,6 @@ impl RateLimitCounter {
                 provider: label(provider),
             })
             .get()
-    }
-}
-
-/// The `process_*` series.
-#[derive(Default)]
-struct ProcessMetrics {
-    cpu_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
-    resident_bytes: Gauge,
-    virtual_bytes: Gauge,
-    open_fds: Gauge,
-    max_fds: Gauge,
-    start_time_seconds: FloatGauge,
-}
-
-impl ProcessMetrics {
-    fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "process_cpu_seconds",
-            "User and system CPU time of this process, in seconds",
-            self.cpu_seconds.clone(),
-        );
-        registry.register(
-            "process_resident_memory_bytes",
-            "Resident memory of this process, in bytes",
-            self.resident_bytes.clone(),
-        );
-        registry.register(
-            "process_virtual_memory_bytes",
-            "Virtual memory of this process, in bytes",
-            self.virtual_bytes.clone(),
-        );
-        registry.register(
-            "process_open_fds",
-            "Open file descriptors of this process",
-            self.open_fds.clone(),
-        );
-        registry.register(
-            "process_max_fds",
-            "The open file descriptor limit of this process",
-            self.max_fds.clone(),
-        );
-        registry.register(
-            "process_start_time_seconds",
-            "Start time of this process, in seconds since the Unix epoch",
-            self.start_time_seconds.clone(),
-        );
-    }
-
-    fn refresh(&self) {
-        let s = process::sample();
-        let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        if let Some(cpu) = s.cpu_seconds {
-            let seen = self.cpu_seconds.get();
-            if cpu > seen {
-                self.cpu_seconds.inc_by(cpu - seen);
-            }
-        }
-        if let Some(v) = s.resident_bytes {
-            self.resident_bytes.set(int(v));
-        }
-        if let Some(v) = s.virtual_bytes {
-            self.virtual_bytes.set(int(v));
-        }
-        if let Some(v) = s.open_fds {
-            self.open_fds.set(int(v));
-        }
-        if let Some(v) = s.max_fds {
-            self.max_fds.set(int(v));
-        }
-        if let Some(v) = s.start_time_seconds {
-            self.start_time_seconds.set(v);
-        }
     }
 }
 
@@ -488,17 +421,6 @@ impl Metrics {
         *self.runtime.lock().expect("metrics lock") = Some(stats);
     }
 
-    fn runtime_values(stats: &crate::runtime::RuntimeStats) -> [u64; 5] {
-        use std::sync::atomic::Ordering::Relaxed;
-        [
-            stats.rescued.load(Relaxed),
-            stats.refused_late_writes.load(Relaxed),
-            stats.handed_back.load(Relaxed),
-            stats.abandoned_outcomes.load(Relaxed),
-            stats.cancelled_running.load(Relaxed),
-        ]
-    }
-
     /// The listener whose reconnects are reported.
     pub fn set_listener(&self, stats: Arc<ListenerStats>) {
         *self.listener.lock().expect("metrics lock") = Some(stats);
@@ -567,161 +489,7 @@ impl Metrics {
             .get_or_create(&TaskLabel { task: label(task) })
             .inc();
     }
-
-    /// Refreshes the scrape-time values and renders every metric as OpenMetrics text.
-    pub async fn render(&self) -> String {
-        self.refresh_depth().await;
-        let listener = self.listener.lock().expect("metrics lock").clone();
-        if let Some(stats) = listener {
-            // The first connect is not a reconnect.
-            let total = stats
-                .connects
-                .load(std::sync::atomic::Ordering::Relaxed)
-                .saturating_sub(1);
-            let seen = self.listen_reconnects.get();
-            if total > seen {
-                self.listen_reconnects.inc_by(total - seen);
-            }
-        }
-        let heartbeat = self.heartbeat.lock().expect("metrics lock").clone();
-        if let Some(h) = heartbeat {
-            for (result, total) in [("sent", h.sent()), ("failed", h.failed())] {
-                let counter = self.heartbeats.get_or_create(&ResultLabel {
-                    result: result.into(),
-                });
-                let seen = counter.get();
-                if total > seen {
-                    counter.inc_by(total - seen);
-                }
-            }
-        }
-        self.refresh_pools();
-        self.process.refresh();
-        let runtime = self.runtime.lock().expect("metrics lock").clone();
-        if let Some(stats) = runtime {
-            for (counter, total) in self
-                .runtime_counters
-                .iter()
-                .zip(Self::runtime_values(&stats))
-            {
-                let seen = counter.get();
-                if total > seen {
-                    counter.inc_by(total - seen);
-                }
-            }
-        }
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("encode metrics");
-        out
-    }
-
-    fn refresh_pools(&self) {
-        let pools = [
-            ("jobs", self.job_pool.lock().expect("metrics lock").clone()),
-            ("probe", self.pool.lock().expect("metrics lock").clone()),
-        ];
-        let int = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
-        for (name, pool) in pools {
-            let Some(pool) = pool else { continue };
-            let status = pool.status();
-            let state = |state: &str| PoolState {
-                pool: name.into(),
-                state: state.into(),
-            };
-            self.pool_connections
-                .get_or_create(&state("idle"))
-                .set(int(status.available));
-            self.pool_connections
-                .get_or_create(&state("in_use"))
-                .set(int(status.size.saturating_sub(status.available)));
-            let p = PoolLabel { pool: name.into() };
-            self.pool_max.get_or_create(&p).set(int(status.max_size));
-            self.pool_waiting.get_or_create(&p).set(int(status.waiting));
-        }
-    }
-
-    async fn refresh_depth(&self) {
-        let pool = self.pool.lock().expect("metrics lock").clone();
-        let Some(pool) = pool else { return };
-        let rows = crate::db::jobs::queue_depth(&pool).await;
-        // Drop series for queue/state pairs that emptied since the last scrape.
-        self.queue_depth.clear();
-        self.oldest_available.clear();
-        let rows = match rows {
-            Ok(rows) => rows,
-            Err(e) => {
-                // Stale numbers would mislead: report none until the query works again.
-                tracing::warn!(error = %e, "queue depth query failed during a scrape");
-                return;
-            }
-        };
-        let configured = self.configured.lock().expect("metrics lock").clone();
-        for queue in configured {
-            let _ = self.oldest_available.get_or_create(&QueueLabel { queue });
-        }
-        for (queue, state, n, age) in rows {
-            let queue = label(&queue);
-            // Two forged names that map to the same label add up, never overwrite.
-            self.queue_depth
-                .get_or_create(&QueueState {
-                    queue: queue.clone(),
-                    state: label(&state),
-                })
-                .inc_by(n);
-            if let Some(age) = age {
-                // …and for the age the older wins.
-                let g = self.oldest_available.get_or_create(&QueueLabel { queue });
-                if age > g.get() {
-                    g.set(age);
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn renders_every_family_with_labels() {
-        let m = Metrics::default();
-        m.attempt_started("default", Duration::from_millis(30));
-        m.attempt_finished(
-            "diag.noop",
-            "default",
-            "completed",
-            Duration::from_millis(2),
-        );
-        m.attempt_started("default", Duration::from_millis(10));
-        m.job_final("diag.noop", "default", "completed");
-        let text = m.render().await;
-        assert!(text.contains(
-            "lettuce_job_attempts_total{kind=\"diag.noop\",queue=\"default\",outcome=\"completed\"} 1"
-        ));
-        assert!(text.contains(
-            "lettuce_jobs_final_total{kind=\"diag.noop\",queue=\"default\",state=\"completed\"} 1"
-        ));
-        assert!(text.contains("lettuce_telemetry_heartbeats_total{result=\"sent\"} 0"));
-        assert!(text.contains("# TYPE process_cpu_seconds counter"));
-        assert!(text.contains("process_open_fds "));
-        assert!(text.contains("lettuce_jobs_in_flight{queue=\"default\"} 1"));
-        assert!(text.contains("lettuce_job_pickup_latency_seconds_count{queue=\"default\"} 2"));
-        assert!(text.contains(
-            "lettuce_job_attempt_duration_seconds_count{kind=\"diag.noop\",queue=\"default\"} 1"
-        ));
-        assert!(text.contains("# TYPE lettuce_listen_reconnects counter"));
-        assert!(text.trim_end().ends_with("# EOF"));
-    }
-
-    #[test]
-    fn label_values_keep_the_name_alphabet_only() {
-        assert_eq!(label("repo.index"), "repo.index");
-        assert_eq!(label("tenant-a:high_1"), "tenant-a:high_1");
-        assert_eq!(label("evil\"} 1\n# x{q=\""), "evil___1___x_q__");
-        assert_eq!(label("é"), "_");
-        assert_eq!(label(&"a".repeat(500)).len(), MAX_LABEL_LEN);
-    }
-}
+mod tests;
