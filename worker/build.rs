@@ -4,11 +4,6 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 fn main() {
-    // Lets the test harness tell which checkout a `worker` binary was built from.
-    println!(
-        "cargo:rustc-env=LETTUCE_BUILD_SOURCE={}",
-        env!("CARGO_MANIFEST_DIR")
-    );
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schema");
     println!("cargo:rerun-if-changed={}", dir.display());
     let mut files: Vec<_> = std::fs::read_dir(&dir)

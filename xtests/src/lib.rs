@@ -160,12 +160,12 @@ where
 
 /// Path of a `worker` binary built from THIS checkout.
 ///
-/// `WORKER_BIN` wins. Otherwise `<target>/debug/worker` is used when it carries this checkout's
-/// build marker; when it does not (another checkout sharing the target directory built last),
-/// the harness builds one into a target directory of this checkout's own. That build does not
-/// share the build directory: two checkouts' path packages have the same fingerprints there, so
-/// a shared one can keep the other checkout's build-script output (its schema paths and build
-/// marker) when this checkout's files are older.
+/// `WORKER_BIN` wins. Otherwise `<target>/debug/worker` is used when it is newer than every
+/// file it is built from (`worker/src`, `worker/build.rs`, `worker/Cargo.toml`, `schema/`):
+/// `scripts/test` builds it right before the tests. When it is older (not rebuilt since an
+/// edit), the harness builds one into a target directory of this checkout's own. The product
+/// carries nothing for this. Two checkouts that share one target directory should set
+/// `WORKER_BIN`: the newest build there may be the other checkout's.
 pub fn worker_bin() -> PathBuf {
     if let Ok(p) = std::env::var("WORKER_BIN") {
         return PathBuf::from(p);
@@ -174,13 +174,33 @@ pub fn worker_bin() -> PathBuf {
     BIN.get_or_init(find_or_build_worker).clone()
 }
 
+/// The newest modification time of the files under `path` (itself when a file).
+fn newest_mtime(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_dir() {
+        return meta.modified().ok();
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| newest_mtime(&e.path()))
+        .max()
+}
+
 fn find_or_build_worker() -> PathBuf {
     let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../worker");
     let source = source.canonicalize().unwrap_or(source);
-    let marker = format!("lettuce-build-source:{};", source.display());
-    let carries_marker = |p: &std::path::Path| {
-        std::fs::read(p)
-            .is_ok_and(|bytes| memchr::memmem::find(&bytes, marker.as_bytes()).is_some())
+    let root = source.parent().expect("workspace root").to_path_buf();
+    let inputs = [
+        source.join("src"),
+        source.join("build.rs"),
+        source.join("Cargo.toml"),
+        root.join("schema"),
+    ];
+    let newest_input = inputs.iter().filter_map(|p| newest_mtime(p)).max();
+    let fresh = |p: &std::path::Path| {
+        let built = std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        matches!((built, newest_input), (Some(b), Some(i)) if b >= i)
     };
     let exe = std::env::current_exe().expect("test binary path");
     // <build dir>/<profile>/deps/<test> → <build dir>/<profile>
@@ -198,7 +218,7 @@ fn find_or_build_worker() -> PathBuf {
                 .join("worker"),
         );
     }
-    if let Some(found) = candidates.iter().find(|c| carries_marker(c)) {
+    if let Some(found) = candidates.iter().find(|c| fresh(c)) {
         return found.clone();
     }
     let own_target = std::env::temp_dir().join(format!(
@@ -212,22 +232,15 @@ fn find_or_build_worker() -> PathBuf {
     ));
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["build", "-q", "-p", "lettuce-worker", "--bin", "worker"])
-        .current_dir(source.parent().unwrap())
+        .current_dir(&root)
         .env_remove("CARGO_BUILD_BUILD_DIR")
         .env("CARGO_TARGET_DIR", &own_target)
         .status()
         .expect("run cargo build for the worker binary");
     assert!(status.success(), "building the worker binary failed");
-    let bin = own_target
+    own_target
         .join(profile_dir.file_name().unwrap())
-        .join("worker");
-    assert!(
-        carries_marker(&bin),
-        "{} was not built from {}",
-        bin.display(),
-        source.display()
-    );
-    bin
+        .join("worker")
 }
 
 /// A `worker` child process with its stderr captured line by line.
