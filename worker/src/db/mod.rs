@@ -22,6 +22,9 @@ macro_rules! presence_upsert {
     };
 }
 
+#[macro_use]
+pub mod statement;
+
 pub mod deliveries;
 pub mod diag;
 pub mod entitlements;
