@@ -554,6 +554,9 @@ fn connect_hint(e: &tokio_postgres::Error) -> &'static str {
         db::ConnectFailure::Transient("too many connections") => {
             "the server is at max_connections: lower LETTUCE_DB_POOL_SIZE or the replica count, or raise max_connections"
         }
+        db::ConnectFailure::Permanent(db::STARTUP_PARAMETER_REFUSED) => {
+            "PgBouncer accepts no `options` startup parameter: set LETTUCE_DB_STATEMENT_TIMEOUT_MS=0 (statement_timeout is then the server's or the role's setting)"
+        }
         db::ConnectFailure::Transient("server starting up") => {
             "the server is starting up or in recovery: try again in a moment"
         }
@@ -583,7 +586,7 @@ async fn database_checks(config: &Config, offline: bool) -> Vec<Check> {
     };
     let parsed = db::parse_url(config.database_url.expose())
         .and_then(|pg| Ok((pg, db::tls_for(config.database_url.expose())?)));
-    let (pg, tls) = match parsed {
+    let (mut pg, tls) = match parsed {
         Ok(pair) => pair,
         Err(e) => {
             let hint = match e {
@@ -597,6 +600,8 @@ async fn database_checks(config: &Config, offline: bool) -> Vec<Check> {
             return v;
         }
     };
+    // The same startup options `worker run` sends, so a pooler that refuses them says so here.
+    db::set_statement_timeout(&mut pg, Some(config.db_statement_timeout));
     let target = db::describe(&pg);
     let dbname = pg.get_dbname().unwrap_or("(default)").to_string();
     let pool = db::build_pool(pg, tls, 1);
