@@ -32,6 +32,7 @@ pub fn process_env() -> Env {
 /// (a test checks it). Variables read by the OpenTelemetry SDK itself (`OTEL_*`) are listed too.
 pub const VARIABLES: &[&str] = &[
     "DATABASE_URL",
+    "LETTUCE_LISTEN_DATABASE_URL",
     "LETTUCE_CONFIG",
     "LETTUCE_SELF_HOSTED",
     "LETTUCE_LICENSE_KEY",
@@ -87,6 +88,7 @@ pub const VARIABLES: &[&str] = &[
 /// Variables whose values are secrets: never logged, never printed.
 pub const SECRET_VARIABLES: &[&str] = &[
     "DATABASE_URL",
+    "LETTUCE_LISTEN_DATABASE_URL",
     "LETTUCE_LICENSE_KEY",
     "GITHUB_APP_PRIVATE_KEY",
     "GITHUB_APP_CLIENT_SECRET",
@@ -218,6 +220,9 @@ pub struct VaultConfig {
 pub struct Config {
     /// Postgres connection string (a secret: it may carry a password).
     pub database_url: Secret<String>,
+    /// The connection LISTEN uses (`LETTUCE_LISTEN_DATABASE_URL`, a secret like
+    /// `DATABASE_URL`); `None`: `DATABASE_URL`. Points past a transaction pooler at the server.
+    pub listen_database_url: Option<Secret<String>>,
     /// Turns on license gating, entitlements and telemetry.
     pub self_hosted: bool,
     pub license_key: Option<Secret<String>>,
@@ -447,6 +452,15 @@ impl RawConfig {
 }
 
 impl Config {
+    /// The URL LISTEN uses and the variable it came from: `LETTUCE_LISTEN_DATABASE_URL` when
+    /// set, else `DATABASE_URL`.
+    pub fn listen_url(&self) -> (&str, &'static str) {
+        match &self.listen_database_url {
+            Some(url) => (url.expose(), "LETTUCE_LISTEN_DATABASE_URL"),
+            None => (self.database_url.expose(), "DATABASE_URL"),
+        }
+    }
+
     /// Loads and validates the configuration from the given environment.
     pub fn load(env: &Env) -> Result<Config, ConfigError> {
         Config::from_raw(RawConfig::layer(env)?)
@@ -519,6 +533,10 @@ impl Config {
         });
         let config = Config {
             database_url: Secret::new(p.string("DATABASE_URL")),
+            listen_database_url: p
+                .optional("LETTUCE_LISTEN_DATABASE_URL")
+                .filter(|u| !u.is_empty())
+                .map(Secret::new),
             self_hosted,
             license_key: raw
                 .get("LETTUCE_LICENSE_KEY")
