@@ -7,6 +7,7 @@
 pub mod fake_github;
 pub mod fake_gitlab;
 pub mod git_server;
+pub mod pgbouncer;
 pub mod s3;
 
 use std::collections::HashMap;
