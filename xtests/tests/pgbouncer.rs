@@ -176,16 +176,11 @@ async fn burn_down_with_two_workers_through_pgbouncer() {
     })
     .await;
     let took = started.elapsed();
-    let by_worker: Vec<i64> = direct
-        .query(
-            "SELECT count(DISTINCT job_id) FROM lettuce.diag_executions GROUP BY worker_id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let by_worker: Vec<i64> = xtests::column(
+        &direct,
+        "SELECT count(DISTINCT job_id) FROM lettuce.diag_executions GROUP BY worker_id",
+    )
+    .await;
     let ran: i64 = xtests::scalar(
         &direct,
         "SELECT count(DISTINCT job_id) FROM lettuce.diag_executions",
@@ -209,48 +204,21 @@ async fn burn_down_with_two_workers_through_pgbouncer() {
 async fn chaos_sigkill_workers_through_pgbouncer() {
     let bouncer = PgBouncer::start().await;
     let db = TestDb::new().await;
-    let mut env = pooled_env(&db, &bouncer, true);
-    env.insert("LETTUCE_LEASE_MS".into(), "1000".into());
-    env.insert("LETTUCE_QUEUES".into(), "default=16".into());
-    env.insert("RUST_LOG".into(), "warn".into());
-    let (code, _, err) = run_worker(&["schema", "apply"], &env);
-    assert_eq!(code, 0, "{err}");
     let client = db.client().await;
-    let mut jobs: Vec<NewJob> = (0..1500)
-        .map(|_| NewJob::new("diag.record", json!({})).max_attempts(25))
-        .collect();
-    jobs.extend(
-        (0..300).map(|i| NewJob::new("diag.sleep", json!({"ms": 5 + i % 40})).max_attempts(25)),
+    let drill = xtests::chaos::Drill {
+        record: 1500,
+        sleep: 300,
+        workers: 3,
+        kill_for: Duration::from_secs(7),
+    };
+    let env = pooled_env(&db, &bouncer, true);
+    let seen = xtests::chaos::sigkill_while_jobs_run(env, &client, drill).await;
+    println!(
+        "pgbouncer chaos: {} SIGKILLs; 1800 jobs completed; {} rescued; {} ran twice",
+        seen.kills, seen.rescued, seen.twice
     );
-    lettuce_worker::enqueue_many(&client, &jobs).await.unwrap();
-    let mut workers: Vec<WorkerProcess> = (0..3)
-        .map(|_| WorkerProcess::start(&["run"], &env))
-        .collect();
-    let started = Instant::now();
-    let mut kills = 0;
-    while started.elapsed() < Duration::from_secs(7) {
-        tokio::time::sleep(Duration::from_millis(1000 + rand::random::<u64>() % 1000)).await;
-        let victim = rand::random::<u32>() as usize % workers.len();
-        workers[victim].signal(libc::SIGKILL);
-        workers[victim].wait_exit(LIMIT).await;
-        workers[victim] = WorkerProcess::start(&["run"], &env);
-        kills += 1;
-    }
-    let done = eventually(Duration::from_secs(45), "every job completed", || async {
-        let s = states(&client).await;
-        (s.get("completed").copied().unwrap_or(0) == 1800).then_some(s)
-    })
-    .await;
-    assert_eq!(done.len(), 1, "only completed jobs remain: {done:?}");
-    let never: i64 = xtests::scalar(
-        &client,
-        "SELECT count(*) FROM lettuce.jobs j WHERE kind = 'diag.record'
-               AND NOT EXISTS (SELECT 1 FROM lettuce.diag_executions d WHERE d.job_id = j.id)",
-    )
-    .await;
-    assert_eq!(never, 0, "every diag.record job ran at least once");
-    assert!(kills >= 3, "{kills} kills");
-    for w in &workers {
+    assert!(seen.kills >= 3, "{} kills", seen.kills);
+    for w in &seen.workers {
         assert_pooler_clean(w);
     }
 }
