@@ -88,7 +88,6 @@ pub const VARIABLES: &[&str] = &[
 /// Variables whose values are secrets: never logged, never printed.
 pub const SECRET_VARIABLES: &[&str] = &[
     "DATABASE_URL",
-    "LETTUCE_LISTEN_DATABASE_URL",
     "LETTUCE_LICENSE_KEY",
     "GITHUB_APP_PRIVATE_KEY",
     "GITHUB_APP_CLIENT_SECRET",
@@ -96,6 +95,7 @@ pub const SECRET_VARIABLES: &[&str] = &[
     "GITLAB_TOKEN",
     "LETTUCE_WEBHOOK_SECRET",
     "VAULT_TOKEN",
+    "LETTUCE_LISTEN_DATABASE_URL",
 ];
 
 /// A value that must never reach logs, errors or `Debug` output.
