@@ -127,7 +127,8 @@ impl Worker {
         }
         // `/readyz` and `/metrics` probe over their own two connections: scrapes never take a
         // connection that claims, completions or lease heartbeats need.
-        let probes = db::probe_pool(config.database_url.expose()).map_err(BootError::Database)?;
+        let probes = db::probe_pool(config.database_url.expose(), config.db_statement_timeout)
+            .map_err(BootError::Database)?;
         health.set_pool(probes.clone());
         metrics.set_pool(probes);
         let artifacts = boot::artifact_store(&config)?;

@@ -4,9 +4,11 @@
 //! Postgres comes from `XTESTS_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`),
 //! which `scripts/test` sets after making sure a server answers.
 
+pub mod chaos;
 pub mod fake_github;
 pub mod fake_gitlab;
 pub mod git_server;
+pub mod pgbouncer;
 pub mod s3;
 
 use std::collections::HashMap;
@@ -472,6 +474,20 @@ pub fn init_logging() {
             .with_test_writer()
             .try_init();
     });
+}
+
+/// The first column of every row of a query without parameters.
+pub async fn column<T: for<'a> tokio_postgres::types::FromSql<'a>>(
+    client: &Client,
+    sql: &str,
+) -> Vec<T> {
+    client
+        .query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
 }
 
 /// The single value of a one-row, one-column query without parameters (counts, mostly).

@@ -93,3 +93,43 @@ fn no_source_file_grows_past_600_lines() {
     }
     assert!(over.is_empty(), "split these files:\n{}", over.join("\n"));
 }
+
+/// "No statement is named": the worker's SQL goes out as the unnamed statement with typed
+/// parameters (`query_typed*`, `execute_typed`, `params!`) or over the simple protocol, never as
+/// a named prepared statement, which a transaction pooler (PgBouncer in `transaction` mode)
+/// can send to a server connection that never saw it (`db/statement.rs`). tokio-postgres'
+/// `query`/`execute(&str, …)` prepare a named statement first, so they are out too.
+#[test]
+fn db_sends_no_named_statement() {
+    let root = worker_src();
+    let mut files = Vec::new();
+    sources(&root.join("db"), &mut files);
+    let named = [
+        ".prepare(",
+        ".prepare_cached(",
+        ".prepare_typed(",
+        ".query(",
+        ".query_one(",
+        ".query_opt(",
+        ".query_raw(",
+        ".execute(",
+        ".execute_raw(",
+        ".copy_in(",
+        ".copy_out(",
+    ];
+    let mut found = Vec::new();
+    for file in &files {
+        let rel = file.strip_prefix(&root).unwrap();
+        for (n, line) in product_text(file).lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            if named.iter().any(|m| code.contains(m)) {
+                found.push(format!("{}:{}: {}", rel.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "named statements in worker/src/db/ (use query_typed/execute_typed with params!):\n{}",
+        found.join("\n")
+    );
+}

@@ -708,6 +708,7 @@ async fn check_config_passes_on_a_good_setup_and_reports_every_check() {
             "db.privileges",
             "schema",
             "repositories",
+            "db.notifications",
             "artifacts",
             "git",
             "scratch",

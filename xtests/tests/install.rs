@@ -336,6 +336,73 @@ fn compose_observability_profile_runs_an_otel_collector() {
     assert!(receivers.contains("otlp"), "{receivers}");
 }
 
+/// Issue 17: the same profile's Prometheus scrapes every `--scale`d worker through DNS service
+/// discovery on the compose network (one A record per replica of the service `worker`), at the
+/// worker's metrics port (`LETTUCE_HTTP_ADDR`'s default, 9090).
+#[test]
+fn compose_observability_prometheus_scrapes_every_worker_replica() {
+    let doc = compose();
+    let prometheus = service(&doc, "prometheus");
+    assert_eq!(
+        format!("{:?}", prometheus["profiles"]),
+        format!("{:?}", service(&doc, "otel-collector")["profiles"]),
+        "in the observability profile"
+    );
+    assert!(
+        default_of(str_of(&prometheus["image"], "prometheus image"))
+            .starts_with("prom/prometheus:v")
+    );
+    // Published on loopback only, and nothing depends on it.
+    for port in prometheus["ports"].as_vec().expect("ports") {
+        assert!(str_of(port, "port").starts_with("127.0.0.1:"), "{port:?}");
+    }
+    for (name, svc) in doc["services"].as_hash().unwrap() {
+        assert!(
+            svc["depends_on"]["prometheus"].is_badvalue(),
+            "{name:?} depends on prometheus"
+        );
+    }
+    let mount = &prometheus["configs"][0];
+    assert_eq!(
+        str_of(&mount["target"], "config target"),
+        "/etc/prometheus/prometheus.yml"
+    );
+    let source = str_of(&mount["source"], "config source");
+    let config = parse_yaml(str_of(&doc["configs"][source]["content"], "inline config"));
+    let jobs = config["scrape_configs"].as_vec().expect("scrape_configs");
+    let worker_job = jobs
+        .iter()
+        .find(|j| !j["dns_sd_configs"].is_badvalue())
+        .expect("a scrape job with dns_sd_configs");
+    let sd = &worker_job["dns_sd_configs"][0];
+    assert_eq!(str_of(&sd["type"], "type"), "A");
+    let names: Vec<&str> = sd["names"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["worker"],
+        "the worker service's name, which resolves to every replica"
+    );
+    assert!(has(&doc["services"], "worker"));
+    let port = sd["port"].as_i64().expect("port");
+    let default_addr = lettuce_worker::config::Config::load(&HashMap::new())
+        .expect("defaults load")
+        .http_addr
+        .expect("served by default");
+    assert_eq!(
+        port,
+        i64::from(default_addr.port()),
+        "the worker's metrics port"
+    );
+    let path = worker_job["metrics_path"].as_str().unwrap_or("/metrics");
+    assert_eq!(path, "/metrics");
+    assert!(has(&doc["volumes"], "prometheus-data"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // compose/.env.example
 // ---------------------------------------------------------------------------------------------

@@ -379,59 +379,23 @@ use xtests::services::free_port;
 #[tokio::test(flavor = "multi_thread")]
 async fn chaos_sigkill_workers_while_thousands_of_jobs_run() {
     let db = TestDb::new().await;
-    let mut env = db.env();
-    env.insert("LETTUCE_LEASE_MS".into(), "1000".into());
-    env.insert("LETTUCE_QUEUES".into(), "default=16".into());
-    env.insert("RUST_LOG".into(), "warn".into());
-    let (code, _, err) = run_worker(&["schema", "apply"], &env);
-    assert_eq!(code, 0, "{err}");
     let client = db.client().await;
-    let mut jobs: Vec<NewJob> = (0..3000)
-        .map(|_| NewJob::new("diag.record", json!({})).max_attempts(25))
-        .collect();
-    jobs.extend(
-        (0..600).map(|i| NewJob::new("diag.sleep", json!({"ms": 5 + i % 40})).max_attempts(25)),
-    );
-    lettuce_worker::enqueue_many(&client, &jobs).await.unwrap();
-
-    let mut workers: Vec<WorkerProcess> = (0..4)
-        .map(|_| WorkerProcess::start(&["run"], &env))
-        .collect();
-    let started = Instant::now();
-    let mut kills = 0;
     // Kill a random worker every 1–2 s for ~12 s, starting a replacement each time.
-    while started.elapsed() < Duration::from_secs(12) {
-        tokio::time::sleep(Duration::from_millis(1000 + rand::random::<u64>() % 1000)).await;
-        let victim = rand::random::<u32>() as usize % workers.len();
-        workers[victim].signal(libc::SIGKILL);
-        workers[victim].wait_exit(LIMIT).await;
-        workers[victim] = WorkerProcess::start(&["run"], &env);
-        kills += 1;
-    }
-    let done = eventually(Duration::from_secs(45), "every job completed", || async {
-        let s = states(&client).await;
-        (s.get("completed").copied().unwrap_or(0) == 3600).then_some(s)
-    })
-    .await;
-    assert_eq!(done.len(), 1, "only completed jobs remain: {done:?}");
-    let never: i64 = xtests::scalar(
-        &client,
-        "SELECT count(*) FROM lettuce.jobs j WHERE kind = 'diag.record'
-               AND NOT EXISTS (SELECT 1 FROM lettuce.diag_executions d WHERE d.job_id = j.id)",
-    )
-    .await;
-    assert_eq!(never, 0, "every diag.record job ran at least once");
-    let twice: i64 = xtests::scalar(&client, "SELECT count(*) FROM (SELECT job_id FROM lettuce.diag_executions GROUP BY job_id HAVING count(*) > 1) d").await;
-    let rescued: i64 = xtests::scalar(
-        &client,
-        "SELECT count(*) FROM lettuce.jobs WHERE errors::text LIKE '%presumed dead%'",
-    )
-    .await;
+    let drill = xtests::chaos::Drill {
+        record: 3000,
+        sleep: 600,
+        workers: 4,
+        kill_for: Duration::from_secs(12),
+    };
+    let seen = xtests::chaos::sigkill_while_jobs_run(db.env(), &client, drill).await;
     println!(
-        "chaos: {kills} SIGKILLs in {:.1}s; 3600 jobs completed; {rescued} rescued after a kill; {twice} diag.record jobs ran twice (at-least-once)",
-        started.elapsed().as_secs_f64()
+        "chaos: {} SIGKILLs in {:.1}s; 3600 jobs completed; {} rescued after a kill; {} diag.record jobs ran twice (at-least-once)",
+        seen.kills,
+        seen.elapsed.as_secs_f64(),
+        seen.rescued,
+        seen.twice
     );
-    assert!(kills >= 5);
+    assert!(seen.kills >= 5);
 }
 
 #[tokio::test(flavor = "multi_thread")]

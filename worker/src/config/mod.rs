@@ -37,6 +37,7 @@ pub fn process_env() -> Env {
 /// (a test checks it). Variables read by the OpenTelemetry SDK itself (`OTEL_*`) are listed too.
 pub const VARIABLES: &[&str] = &[
     "DATABASE_URL",
+    "LETTUCE_LISTEN_DATABASE_URL",
     "LETTUCE_CONFIG",
     "LETTUCE_SELF_HOSTED",
     "LETTUCE_LICENSE_KEY",
@@ -99,6 +100,7 @@ pub const SECRET_VARIABLES: &[&str] = &[
     "GITLAB_TOKEN",
     "LETTUCE_WEBHOOK_SECRET",
     "VAULT_TOKEN",
+    "LETTUCE_LISTEN_DATABASE_URL",
 ];
 
 /// A value that must never reach logs, errors or `Debug` output.
@@ -223,6 +225,9 @@ pub struct VaultConfig {
 pub struct Config {
     /// Postgres connection string (a secret: it may carry a password).
     pub database_url: Secret<String>,
+    /// The connection LISTEN uses (`LETTUCE_LISTEN_DATABASE_URL`, a secret like
+    /// `DATABASE_URL`); `None`: `DATABASE_URL`. Points past a transaction pooler at the server.
+    pub listen_database_url: Option<Secret<String>>,
     /// Turns on license gating, entitlements and telemetry.
     pub self_hosted: bool,
     pub license_key: Option<Secret<String>>,
@@ -269,6 +274,15 @@ pub struct Config {
 }
 
 impl Config {
+    /// The URL LISTEN uses and the variable it came from: `LETTUCE_LISTEN_DATABASE_URL` when
+    /// set, else `DATABASE_URL`.
+    pub fn listen_url(&self) -> (&str, &'static str) {
+        match &self.listen_database_url {
+            Some(url) => (url.expose(), "LETTUCE_LISTEN_DATABASE_URL"),
+            None => (self.database_url.expose(), "DATABASE_URL"),
+        }
+    }
+
     /// Loads and validates the configuration from the given environment.
     pub fn load(env: &Env) -> Result<Config, ConfigError> {
         Config::from_raw(RawConfig::layer(env)?)

@@ -48,6 +48,10 @@ impl Config {
         });
         let config = Config {
             database_url: Secret::new(p.string("DATABASE_URL")),
+            listen_database_url: p
+                .optional("LETTUCE_LISTEN_DATABASE_URL")
+                .filter(|u| !u.is_empty())
+                .map(Secret::new),
             self_hosted,
             license_key: raw
                 .get("LETTUCE_LICENSE_KEY")

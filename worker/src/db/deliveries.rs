@@ -32,11 +32,10 @@ pub async fn record(
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let fresh = tx
-        .query_opt(
+        .query_typed_opt(
             "INSERT INTO lettuce.github_deliveries (delivery_id, event) VALUES ($1, $2)
              ON CONFLICT (delivery_id) DO NOTHING RETURNING 1",
-            &[&delivery_id, &event],
-        )
+            params![delivery_id, event])
         .await?
         .is_some();
     if !fresh {
@@ -47,10 +46,9 @@ pub async fn record(
     if let Some(index) = index {
         let id =
             super::repositories::enqueue_index(&*tx, &index.payload, &index.coalesce_key).await?;
-        tx.execute(
+        tx.execute_typed(
             "UPDATE lettuce.github_deliveries SET job_id = $2 WHERE delivery_id = $1",
-            &[&delivery_id, &id],
-        )
+            params![delivery_id, id])
         .await?;
         job = Some(id);
     }
@@ -63,12 +61,11 @@ pub async fn prune(pool: &DbPool, older_than: Duration, limit: i64) -> Result<u6
     let client = pool.get().await?;
     let ms = older_than.as_millis() as f64;
     Ok(client
-        .execute(
+        .execute_typed(
             "DELETE FROM lettuce.github_deliveries WHERE delivery_id IN (
                  SELECT delivery_id FROM lettuce.github_deliveries
                   WHERE received_at < now() - $1 * interval '1 millisecond'
                   ORDER BY received_at LIMIT $2)",
-            &[&ms, &limit],
-        )
+            params![ms, limit])
         .await?)
 }

@@ -21,9 +21,8 @@ pub async fn record_execution(pool: &DbPool, job: &JobInfo) -> Result<i64, DbErr
         |_| 1,
         async {
             let client = pool.get().await?;
-            let stmt = client.prepare_cached(RECORD_SQL).await?;
             Ok(client
-                .query_one(&stmt, &[&job.id, &job.attempt, &job.worker_id])
+                .query_typed_one(RECORD_SQL, params![job.id, job.attempt, job.worker_id])
                 .await?
                 .get(0))
         },

@@ -9,10 +9,12 @@ use super::{DbError, DbPool};
 /// Stamps `license_limit_reached_at = now()` on the instance row.
 pub async fn record_limit_reached(pool: &DbPool) -> Result<(), DbError> {
     let client = pool.get().await?;
-    let stmt = client
-        .prepare_cached("UPDATE lettuce.instance SET license_limit_reached_at = now()")
+    client
+        .execute_typed(
+            "UPDATE lettuce.instance SET license_limit_reached_at = now()",
+            params![],
+        )
         .await?;
-    client.execute(&stmt, &[]).await?;
     Ok(())
 }
 
@@ -21,7 +23,7 @@ pub async fn record_limit_reached(pool: &DbPool) -> Result<(), DbError> {
 pub async fn limit_reached_at(pool: &DbPool) -> Result<Option<OffsetDateTime>, DbError> {
     let client = pool.get().await?;
     let row = client
-        .query_opt("SELECT license_limit_reached_at FROM lettuce.instance", &[])
+        .query_typed_opt("SELECT license_limit_reached_at FROM lettuce.instance", params![])
         .await?;
     Ok(row.and_then(|r| r.get(0)))
 }

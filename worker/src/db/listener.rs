@@ -6,17 +6,22 @@
 //! future), so LISTEN lives on one connection of its own, driven with `poll_message`. When it
 //! drops, we reconnect with backoff, re-issue LISTEN, and wake every queue once, since any NOTIFY
 //! sent while we were away is lost (the table is the truth).
+//!
+//! Behind a transaction pooler (PgBouncer in `transaction` mode) a LISTEN lasts one statement on
+//! whichever server connection ran it, so notifications never reach us. [`notifications_arrive`]
+//! finds that out at boot with one NOTIFY round trip, and the runtime then only polls.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Config as PgConfig};
 use tokio_util::sync::CancellationToken;
 
 use super::jobs::{CHANNEL, CONTROL_CHANNEL};
+use super::{DbError, DbPool};
 use crate::observability::condition::Condition;
 
 /// The first reconnect waits this long, doubling up to [`MAX_RETRY`].
@@ -160,4 +165,61 @@ pub async fn run(
             }
         }
     }
+}
+
+/// The channel of [`notifications_arrive`]'s round trip; nothing else listens on it.
+const PROBE_CHANNEL: &str = "lettuce_probe";
+
+/// Whether a NOTIFY sent over `pool` (the connections that enqueue and complete) reaches a
+/// LISTEN connection opened with `cfg` within `limit`: `Some(how long it took)`, or `None` when
+/// it did not arrive (a transaction pooler between us and the server). A payload of its own
+/// (a random nonce) tells this round trip from any other. Uses one extra connection, closed
+/// before it returns.
+pub async fn notifications_arrive(
+    cfg: &PgConfig,
+    tls: &super::Tls,
+    pool: &DbPool,
+    limit: Duration,
+) -> Result<Option<Duration>, DbError> {
+    let mut cfg = cfg.clone();
+    cfg.application_name("lettuce-listen-probe");
+    let (client, mut conn) = cfg.connect(tls.clone()).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        while let Some(Ok(msg)) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            if let AsyncMessage::Notification(n) = msg
+                && tx.send(n.payload().to_string()).is_err()
+            {
+                break;
+            }
+        }
+    });
+    let round_trip = async {
+        client
+            .batch_execute(&format!("LISTEN {PROBE_CHANNEL}"))
+            .await?;
+        let nonce = format!("{:016x}", rand::random::<u64>());
+        let started = Instant::now();
+        pool.get()
+            .await?
+            .execute_typed(
+                "SELECT pg_notify($1, $2)",
+                params![PROBE_CHANNEL, nonce.as_str()],
+            )
+            .await?;
+        let arrived = tokio::time::timeout(limit, async {
+            while let Some(payload) = rx.recv().await {
+                if payload == nonce {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        Ok::<_, DbError>(arrived.then(|| started.elapsed()))
+    };
+    let result = round_trip.await;
+    driver.abort();
+    result
 }

@@ -22,6 +22,9 @@ macro_rules! presence_upsert {
     };
 }
 
+#[macro_use]
+pub mod statement;
+
 pub mod deliveries;
 pub mod diag;
 pub mod entitlements;
@@ -236,10 +239,18 @@ pub enum ConnectFailure {
     Permanent(&'static str),
 }
 
+/// The reason of a connection a pooler refused for its startup parameters: PgBouncer accepts
+/// only a few (`application_name`, `client_encoding`, …) and refuses `options`, which carries
+/// `statement_timeout`.
+pub const STARTUP_PARAMETER_REFUSED: &str = "a pooler (PgBouncer?) refused a startup parameter: set LETTUCE_DB_STATEMENT_TIMEOUT_MS=0 behind it, and take `options` out of DATABASE_URL";
+
 /// Sorts a connection error into [`ConnectFailure`].
 pub fn classify_connect_error(e: &tokio_postgres::Error) -> ConnectFailure {
     use ConnectFailure::{Permanent, Transient};
     if let Some(db) = e.as_db_error() {
+        if db.message().starts_with("unsupported startup parameter") {
+            return Permanent(STARTUP_PARAMETER_REFUSED);
+        }
         let code = db.code().code();
         return match code {
             "28P01" => Permanent("authentication failed"),
@@ -347,13 +358,16 @@ const PROBE_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The probe pool for `url`: [`PROBE_POOL_SIZE`] connections, opened on first use, named
 /// `lettuce-worker-probe` (unless the URL names the application), with a short statement
-/// timeout. A flood of scrapes waits on these two connections, never on the job pool's.
-pub fn probe_pool(url: &str) -> Result<DbPool, DbError> {
+/// timeout — none when `statement_timeout` (`LETTUCE_DB_STATEMENT_TIMEOUT_MS`) is zero: a
+/// pooler in front refuses the startup option, and `/readyz` has its own answer deadline. A
+/// flood of scrapes waits on these two connections, never on the job pool's.
+pub fn probe_pool(url: &str, statement_timeout: Duration) -> Result<DbPool, DbError> {
     let mut cfg = parse_url(url)?;
     if cfg.get_application_name().is_none() {
         cfg.application_name("lettuce-worker-probe");
     }
-    set_statement_timeout(&mut cfg, Some(PROBE_STATEMENT_TIMEOUT));
+    let limit = (!statement_timeout.is_zero()).then(|| statement_timeout.min(PROBE_STATEMENT_TIMEOUT));
+    set_statement_timeout(&mut cfg, limit);
     Ok(build_pool(cfg, tls_for(url)?, PROBE_POOL_SIZE))
 }
 

@@ -21,7 +21,7 @@ pub struct ServerFacts {
 pub async fn server_facts(pool: &DbPool) -> Result<ServerFacts, DbError> {
     let client = pool.get().await?;
     let row = client
-        .query_one(
+        .query_typed_one(
             "SELECT current_setting('server_version_num')::int,
                     current_setting('server_version'),
                     current_user::text,
@@ -30,8 +30,7 @@ pub async fn server_facts(pool: &DbPool) -> Result<ServerFacts, DbError> {
                     CASE WHEN to_regnamespace('lettuce') IS NOT NULL
                          THEN has_schema_privilege('lettuce', 'CREATE')
                          ELSE has_database_privilege(current_database(), 'CREATE') END",
-            &[],
-        )
+            params![])
         .await?;
     Ok(ServerFacts {
         version_num: row.get(0),

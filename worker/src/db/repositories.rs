@@ -50,12 +50,11 @@ fn from_row(r: &tokio_postgres::Row) -> Repository {
 /// Every repository, by provider, host and name.
 pub async fn list(client: &impl GenericClient) -> Result<Vec<Repository>, DbError> {
     let rows = client
-        .query(
+        .query_typed(
             &format!(
                 "SELECT {COLUMNS} FROM lettuce.repositories ORDER BY provider, host, full_name"
             ),
-            &[],
-        )
+            params![])
         .await?;
     Ok(rows.iter().map(from_row).collect())
 }
@@ -68,19 +67,17 @@ pub async fn webhook_problems(
     limit: i64,
 ) -> Result<(i64, i64, Vec<(String, String, String, String, Option<String>)>), DbError> {
     let counts = client
-        .query_one(
+        .query_typed_one(
             "SELECT count(*), count(*) FILTER (WHERE webhook_status IN ('manual', 'failed'))
                FROM lettuce.repositories",
-            &[],
-        )
+            params![])
         .await?;
     let rows = client
-        .query(
+        .query_typed(
             "SELECT provider, host, full_name, webhook_status, webhook_error
                FROM lettuce.repositories WHERE webhook_status IN ('manual', 'failed')
               ORDER BY provider, host, full_name LIMIT $1",
-            &[&limit],
-        )
+            params![limit])
         .await?;
     Ok((
         counts.get(0),
@@ -99,13 +96,12 @@ pub async fn find(
     full_name: &str,
 ) -> Result<Option<Repository>, DbError> {
     let row = client
-        .query_opt(
+        .query_typed_opt(
             &format!(
                 "SELECT {COLUMNS} FROM lettuce.repositories
                   WHERE provider = $1 AND host = $2 AND full_name = $3"
             ),
-            &[&provider.as_str(), &host, &full_name],
-        )
+            params![provider.as_str(), host, full_name])
         .await?;
     Ok(row.as_ref().map(from_row))
 }
@@ -113,7 +109,7 @@ pub async fn find(
 /// How many repositories the instance keeps (what the `repos` cap counts).
 pub async fn count(client: &impl GenericClient) -> Result<i64, DbError> {
     Ok(client
-        .query_one("SELECT count(*) FROM lettuce.repositories", &[])
+        .query_typed_one("SELECT count(*) FROM lettuce.repositories", params![])
         .await?
         .get(0))
 }
@@ -127,7 +123,7 @@ pub async fn upsert(
     installation_id: Option<i64>,
 ) -> Result<Repository, DbError> {
     let row = client
-        .query_one(
+        .query_typed_one(
             &format!(
                 "INSERT INTO lettuce.repositories (provider, host, full_name, installation_id)
                  VALUES ($1, $2, $3, $4)
@@ -136,8 +132,7 @@ pub async fn upsert(
                         updated_at = now()
                  RETURNING {COLUMNS}"
             ),
-            &[&provider.as_str(), &host, &full_name, &installation_id],
-        )
+            params![provider.as_str(), host, full_name, installation_id])
         .await?;
     Ok(from_row(&row))
 }
@@ -157,10 +152,9 @@ pub async fn upsert_within(
     if cap.is_some() {
         // Serialise new rows against the cap across replicas (taken before any write, so two
         // callers queue here instead of deadlocking).
-        tx.execute(
+        tx.execute_typed(
             "LOCK TABLE lettuce.repositories IN SHARE ROW EXCLUSIVE MODE",
-            &[],
-        )
+            params![])
         .await?;
     }
     let existed = find(&tx, provider, host, full_name).await?.is_some();
@@ -182,10 +176,9 @@ pub async fn webhook_record(
     id: i64,
 ) -> Result<(Option<i64>, Option<String>), DbError> {
     let row = client
-        .query_one(
+        .query_typed_one(
             "SELECT webhook_id, webhook_secret_sha256 FROM lettuce.repositories WHERE id = $1",
-            &[&id],
-        )
+            params![id])
         .await?;
     Ok((row.get(0), row.get(1)))
 }
@@ -198,13 +191,12 @@ pub async fn set_webhook_active(
     secret_sha256: &str,
 ) -> Result<(), DbError> {
     client
-        .execute(
+        .execute_typed(
             "UPDATE lettuce.repositories
                 SET webhook_status = 'active', webhook_error = NULL, webhook_id = $2,
                     webhook_secret_sha256 = $3, updated_at = now()
               WHERE id = $1",
-            &[&id, &webhook_id, &secret_sha256],
-        )
+            params![id, webhook_id, secret_sha256])
         .await?;
     Ok(())
 }
@@ -230,11 +222,10 @@ pub async fn set_webhook_status(
         text
     });
     let n = client
-        .execute(
+        .execute_typed(
             "UPDATE lettuce.repositories SET webhook_status = $2, webhook_error = $3, updated_at = now()
               WHERE id = $1",
-            &[&id, &status, &error],
-        )
+            params![id, status, error])
         .await?;
     Ok(n == 1)
 }
@@ -254,10 +245,9 @@ pub async fn enqueue_index(
     coalesce_key: &str,
 ) -> Result<i64, DbError> {
     Ok(client
-        .query_one(
+        .query_typed_one(
             "SELECT lettuce.enqueue_coalesced('repo.index', $1, $2)",
-            &[&coalesce_key, payload],
-        )
+            params![coalesce_key, payload])
         .await?
         .get(0))
 }
@@ -273,7 +263,7 @@ pub async fn enqueue_due_reindexes(
 ) -> Result<Vec<(i64, i64)>, DbError> {
     let interval_ms = interval.as_millis() as f64;
     let rows = client
-        .query(
+        .query_typed(
             "SELECT r.id,
                     lettuce.enqueue_coalesced('repo.index', r.provider || ':' || r.full_name || ':',
                         jsonb_strip_nulls(jsonb_build_object(
@@ -299,8 +289,7 @@ pub async fn enqueue_due_reindexes(
                                AND h.finished_at > now() - $1 * interval '1 millisecond')
                       ORDER BY last_indexed_at NULLS FIRST, id
                       LIMIT $2) r",
-            &[&interval_ms, &limit],
-        )
+            params![interval_ms, limit])
         .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
@@ -332,22 +321,13 @@ pub async fn record_index(
 ) -> Result<(), DbError> {
     for r in rows {
         client
-            .execute(
+            .execute_typed(
                 "UPDATE lettuce.repositories
                     SET last_indexed_commit = $2, last_indexed_ref = $3, last_indexed_at = now(),
                         manifest_key = $4, file_count = $5, symbol_count = $6,
                         default_branch = COALESCE($7, default_branch), updated_at = now()
                   WHERE id = $1",
-                &[
-                    &r.repository_id,
-                    &r.commit,
-                    &r.git_ref,
-                    &r.manifest_key,
-                    &r.file_count,
-                    &r.symbol_count,
-                    &r.default_branch,
-                ],
-            )
+                params![r.repository_id, r.commit, r.git_ref, r.manifest_key, r.file_count, r.symbol_count, r.default_branch])
             .await?;
     }
     Ok(())
@@ -360,10 +340,9 @@ pub async fn last_index(
     id: i64,
 ) -> Result<Option<(String, String)>, DbError> {
     let row = client
-        .query_opt(
+        .query_typed_opt(
             "SELECT last_indexed_commit, manifest_key FROM lettuce.repositories WHERE id = $1",
-            &[&id],
-        )
+            params![id])
         .await?;
     Ok(row.and_then(|r| {
         let commit: Option<String> = r.get(0);

@@ -182,17 +182,16 @@ async fn read_stored(
     client: &impl tokio_postgres::GenericClient,
 ) -> Result<Option<Stored>, DbError> {
     let present: bool = client
-        .query_one(
+        .query_typed_one(
             "SELECT to_regclass('lettuce.schema_state') IS NOT NULL",
-            &[],
-        )
+            params![])
         .await?
         .get(0);
     if !present {
         return Ok(None);
     }
     let Some(row) = client
-        .query_opt("SELECT to_jsonb(s) FROM lettuce.schema_state s", &[])
+        .query_typed_opt("SELECT to_jsonb(s) FROM lettuce.schema_state s", params![])
         .await?
     else {
         return Ok(None);
@@ -222,7 +221,7 @@ pub async fn apply(
     // NOTICEs of `IF NOT EXISTS` statements that find their object are not news.
     tx.batch_execute("SET LOCAL statement_timeout = 0; SET LOCAL client_min_messages = warning")
         .await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK_KEY])
+    tx.execute_typed("SELECT pg_advisory_xact_lock($1)", params![SCHEMA_LOCK_KEY])
         .await?;
     let stored = read_stored(&*tx).await?;
     match plan(stored.as_ref(), list, force)? {
@@ -243,14 +242,13 @@ pub async fn apply(
             tracing::error!(statement = name, error = %super::error_text(e), "schema statement failed");
         })?;
     }
-    tx.execute(
+    tx.execute_typed(
         "INSERT INTO lettuce.schema_state (singleton, digest, version, revision, min_compatible_revision)
          VALUES (true, $1, $2, $3, $4)
          ON CONFLICT (singleton) DO UPDATE SET digest = excluded.digest, version = excluded.version,
                 revision = excluded.revision, min_compatible_revision = excluded.min_compatible_revision,
                 applied_at = now()",
-        &[&list.digest(), &crate::VERSION, &list.revision, &list.min_compatible],
-    )
+        params![list.digest(), crate::VERSION, list.revision, list.min_compatible])
     .await?;
     tx.commit().await?;
     Ok(Applied::Applied {

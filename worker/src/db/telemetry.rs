@@ -39,7 +39,7 @@ pub struct DayRow {
 pub async fn instance_id(pool: &DbPool) -> Result<Uuid, DbError> {
     let client = pool.get().await?;
     Ok(client
-        .query_one("SELECT instance_id FROM lettuce.instance", &[])
+        .query_typed_one("SELECT instance_id FROM lettuce.instance", params![])
         .await?
         .get(0))
 }
@@ -57,7 +57,7 @@ pub async fn claim_day(
 ) -> Result<Option<i32>, DbError> {
     let client = pool.get().await?;
     let row = client
-        .query_opt(
+        .query_typed_opt(
             "INSERT INTO lettuce.telemetry_heartbeats AS h (day, claimed_by, not_before)
              VALUES ($1, $2, now() + $3 * interval '1 millisecond')
              ON CONFLICT (day) DO UPDATE
@@ -65,8 +65,7 @@ pub async fn claim_day(
                     not_before = excluded.not_before, attempts = h.attempts + 1
               WHERE h.sent_at IS NULL AND h.not_before <= now()
              RETURNING h.attempts",
-            &[&day, &worker_id, &(lease.as_millis() as f64)],
-        )
+            params![day, worker_id, (lease.as_millis() as f64)])
         .await?;
     Ok(row.map(|r| r.get(0)))
 }
@@ -81,18 +80,16 @@ pub async fn mark_sent(
 ) -> Result<(), DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    tx.execute(
+    tx.execute_typed(
         "UPDATE lettuce.telemetry_heartbeats
             SET sent_at = coalesce(sent_at, $2), last_status = $3, last_error = NULL
           WHERE day = $1",
-        &[&day, &receipt_at, &(status as i32)],
-    )
+        params![day, receipt_at, (status as i32)])
     .await?;
-    tx.execute(
+    tx.execute_typed(
         "UPDATE lettuce.instance
             SET telemetry_last_receipt_at = greatest(telemetry_last_receipt_at, $1)",
-        &[&receipt_at],
-    )
+        params![receipt_at])
     .await?;
     tx.commit().await?;
     Ok(())
@@ -110,18 +107,11 @@ pub async fn mark_failed(
 ) -> Result<(), DbError> {
     let client = pool.get().await?;
     client
-        .execute(
+        .execute_typed(
             "UPDATE lettuce.telemetry_heartbeats
                 SET not_before = now() + $3 * interval '1 millisecond', last_status = $4, last_error = $5
               WHERE day = $1 AND claimed_by = $2 AND sent_at IS NULL",
-            &[
-                &day,
-                &worker_id,
-                &(retry_in.as_millis() as f64),
-                &status.map(i32::from),
-                &error,
-            ],
-        )
+            params![day, worker_id, (retry_in.as_millis() as f64), status.map(i32::from), error])
         .await?;
     Ok(())
 }
@@ -130,14 +120,13 @@ pub async fn mark_failed(
 pub async fn figures(pool: &DbPool) -> Result<Figures, DbError> {
     let client = pool.get().await?;
     let row = client
-        .query_one(
+        .query_typed_one(
             "SELECT (SELECT count(*) FROM lettuce.workers),
                     count(*) FILTER (WHERE state = 'completed'),
                     count(*) FILTER (WHERE state = 'discarded')
                FROM lettuce.job_history
               WHERE state IN ('completed', 'discarded') AND finished_at >= now() - interval '24 hours'",
-            &[],
-        )
+            params![])
         .await?;
     Ok(Figures {
         workers_active: row.get(0),
@@ -156,14 +145,13 @@ pub async fn take_stale_warning(
 ) -> Result<Option<Option<OffsetDateTime>>, DbError> {
     let client = pool.get().await?;
     let row = client
-        .query_opt(
+        .query_typed_opt(
             "UPDATE lettuce.telemetry_heartbeats h SET stale_warned_at = now()
                FROM lettuce.instance i
               WHERE h.day = $1 AND h.stale_warned_at IS NULL
                 AND coalesce(i.telemetry_last_receipt_at, i.created_at) < $2
              RETURNING i.telemetry_last_receipt_at",
-            &[&day, &stale_before],
-        )
+            params![day, stale_before])
         .await?;
     Ok(row.map(|r| r.get(0)))
 }
@@ -172,10 +160,9 @@ pub async fn take_stale_warning(
 pub async fn receipt(pool: &DbPool) -> Result<(Uuid, Option<OffsetDateTime>), DbError> {
     let client = pool.get().await?;
     let row = client
-        .query_one(
+        .query_typed_one(
             "SELECT instance_id, telemetry_last_receipt_at FROM lettuce.instance",
-            &[],
-        )
+            params![])
         .await?;
     Ok((row.get(0), row.get(1)))
 }
@@ -184,11 +171,10 @@ pub async fn receipt(pool: &DbPool) -> Result<(Uuid, Option<OffsetDateTime>), Db
 pub async fn day_row(pool: &DbPool, day: Date) -> Result<Option<DayRow>, DbError> {
     let client = pool.get().await?;
     let row = client
-        .query_opt(
+        .query_typed_opt(
             "SELECT day, claimed_by, attempts, sent_at, not_before, last_status, last_error
                FROM lettuce.telemetry_heartbeats WHERE day = $1",
-            &[&day],
-        )
+            params![day])
         .await?;
     Ok(row.map(|r| DayRow {
         day: r.get(0),

@@ -56,10 +56,9 @@ impl WorkerRow {
 pub async fn register(pool: &DbPool, w: &WorkerRow) -> Result<(), DbError> {
     let client = pool.get().await?;
     client
-        .execute(
+        .execute_typed(
             presence_upsert!("$1", "$2", "$3", "$4", "$5"),
-            &[&w.id, &w.hostname, &w.pid, &w.version, &w.queues],
-        )
+            params![w.id, w.hostname, w.pid, w.version, w.queues])
         .await?;
     Ok(())
 }
@@ -67,7 +66,7 @@ pub async fn register(pool: &DbPool, w: &WorkerRow) -> Result<(), DbError> {
 pub async fn deregister(pool: &DbPool, id: &str) -> Result<(), DbError> {
     let client = pool.get().await?;
     client
-        .execute("DELETE FROM lettuce.workers WHERE id = $1", &[&id])
+        .execute_typed("DELETE FROM lettuce.workers WHERE id = $1", params![id])
         .await?;
     Ok(())
 }
@@ -79,12 +78,12 @@ pub async fn deregister(pool: &DbPool, id: &str) -> Result<(), DbError> {
 pub async fn sweep_stale(pool: &DbPool, stale_after: Duration) -> Result<Vec<String>, DbError> {
     let client = pool.get().await?;
     let rows = client
-        .query(
+        .query_typed(
             "DELETE FROM lettuce.workers
               WHERE heartbeat_at < now() - $1 * interval '1 millisecond'
                 AND pg_postmaster_start_time() < now() - $1 * interval '1 millisecond'
              RETURNING id",
-            &[&(stale_after.as_millis() as f64)],
+            params![(stale_after.as_millis() as f64)],
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
@@ -95,7 +94,7 @@ pub async fn sweep_stale(pool: &DbPool, stale_after: Duration) -> Result<Vec<Str
 pub async fn count_active(pool: &DbPool) -> Result<i64, DbError> {
     let client = pool.get().await?;
     Ok(client
-        .query_one("SELECT count(*) FROM lettuce.workers", &[])
+        .query_typed_one("SELECT count(*) FROM lettuce.workers", params![])
         .await?
         .get(0))
 }

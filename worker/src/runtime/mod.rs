@@ -203,10 +203,11 @@ pub async fn run(
             .map(|q| (q.name.clone(), q.concurrency))
             .collect::<Vec<_>>(),
     );
-    let pg_config = db::parse_url(config.database_url.expose())?;
-    let tls = db::tls_for(config.database_url.expose())?;
+    let (listen_url, listen_var) = config.listen_url();
+    let pg_config = db::parse_url(listen_url)?;
+    let tls = db::tls_for(listen_url)?;
     let (control_tx, control_rx) = mpsc::unbounded_channel();
-    {
+    if listens(&pg_config, &tls, &deps.pool, listen_var, config.poll_interval).await {
         let (wakers, stats, stop) = (
             wakers.clone(),
             listener_stats.clone(),
@@ -375,6 +376,42 @@ pub async fn run(
         "worker stopped"
     );
     Ok(())
+}
+
+/// How long boot waits for its own NOTIFY to come back before it concludes that notifications
+/// do not arrive (the round trip takes milliseconds on a direct connection).
+const NOTIFY_ROUND_TRIP_LIMIT: Duration = Duration::from_millis(1500);
+
+/// Whether this worker keeps a LISTEN connection: only when a NOTIFY sent over the pool comes
+/// back over the URL LISTEN uses. When it does not (`DATABASE_URL` through a transaction pooler
+/// and no `LETTUCE_LISTEN_DATABASE_URL`), says so once and the producers only poll. A round trip
+/// that fails outright (the server is away) is no verdict: the listener's reconnect loop takes it.
+async fn listens(
+    cfg: &tokio_postgres::Config,
+    tls: &db::Tls,
+    pool: &DbPool,
+    listen_var: &str,
+    poll_interval: Duration,
+) -> bool {
+    match db::listener::notifications_arrive(cfg, tls, pool, NOTIFY_ROUND_TRIP_LIMIT).await {
+        Ok(Some(took)) => {
+            tracing::debug!(took_ms = took.as_millis() as u64, "notifications arrive");
+            true
+        }
+        Ok(None) => {
+            tracing::warn!(
+                variable = listen_var,
+                poll_interval_ms = poll_interval.as_millis() as u64,
+                "notifications do not arrive over {listen_var} (a transaction pooler such as PgBouncer?): no LISTEN, the worker polls every {} ms; set LETTUCE_LISTEN_DATABASE_URL to a direct connection to be woken at once",
+                poll_interval.as_millis()
+            );
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, variable = listen_var, "could not check that notifications arrive; listening anyway");
+            true
+        }
+    }
 }
 
 /// Applies control messages from the listener until `stop`: a cancel stops the attempt this

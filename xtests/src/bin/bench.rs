@@ -10,9 +10,14 @@
 //!
 //! ```text
 //! bench <scenario>… [--rounds N] [--jobs N] [--steady-secs S] [--steady-rounds N]
-//!                  [--idle-secs S] [--concurrency C] [--no-peer] [--write FILE]
+//!                  [--idle-secs S] [--concurrency C] [--no-peer] [--pooled] [--write FILE]
 //! scenarios: all, enqueue, burndown, pickup, steady, xmin, idle, boot
 //! ```
+//!
+//! `--pooled` (issue 17) starts a PgBouncer in `transaction` mode (`xtests::pgbouncer`, pool
+//! [`xtests::pgbouncer::POOL_SIZE`]) and adds, in the same alternating turns, burn-down with 2
+//! worker processes and idle pickup with `DATABASE_URL` through it (LISTEN over
+//! `LETTUCE_LISTEN_DATABASE_URL`, direct), beside the direct figures.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -39,6 +44,8 @@ struct Opts {
     idle_secs: u64,
     concurrency: usize,
     peer: bool,
+    /// Also measure through PgBouncer in transaction mode.
+    pooled: bool,
     write: Option<PathBuf>,
     args: String,
 }
@@ -55,6 +62,7 @@ impl Opts {
             idle_secs: 30,
             concurrency: 1000,
             peer: true,
+            pooled: false,
             write: None,
             // The command line as shown in BENCHMARKS.md, without where it is written.
             args: shown_args(&raw),
@@ -70,6 +78,7 @@ impl Opts {
                 "--idle-secs" => o.idle_secs = value("--idle-secs")?.parse()?,
                 "--concurrency" => o.concurrency = value("--concurrency")?.parse()?,
                 "--no-peer" => o.peer = false,
+                "--pooled" => o.pooled = true,
                 "--write" => o.write = Some(PathBuf::from(value("--write")?)),
                 s if s.starts_with("--") => bail!("unknown option {s}"),
                 s => o.scenarios.push(s.to_string()),
@@ -118,7 +127,10 @@ impl Report {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let opts = Opts::parse()?;
-    let bench = Bench::new(opts.clone())?;
+    let mut bench = Bench::new(opts.clone())?;
+    if opts.pooled {
+        bench.bouncer = Some(xtests::pgbouncer::PgBouncer::start().await);
+    }
     let mut report = Report::default();
     for s in &opts.scenarios {
         eprintln!("bench: scenario {s}");
@@ -164,6 +176,16 @@ struct Bench {
     worker_bin: PathBuf,
     /// Node 22 and the peer script, when `scripts/bench-setup` installed them.
     peer: Option<(PathBuf, PathBuf)>,
+    /// The PgBouncer of `--pooled`.
+    bouncer: Option<xtests::pgbouncer::PgBouncer>,
+}
+
+/// How a benchmark worker reaches Postgres.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Direct,
+    /// `DATABASE_URL` through PgBouncer (transaction mode), LISTEN direct.
+    Pooled,
 }
 
 /// A fresh database with the worker's schema applied, vacuumed and checkpointed.
@@ -404,15 +426,22 @@ impl Bench {
             opts,
             worker_bin,
             peer,
+            bouncer: None,
         })
     }
 
     /// The environment of a benchmark worker: diag jobs, no HTTP, warnings only (plus the
     /// runtime's "worker ready" line), production timings otherwise.
-    fn worker_env(&self, db: &TestDb) -> Vec<(String, String)> {
+    fn worker_env(&self, db: &TestDb, via: Via) -> Vec<(String, String)> {
         let mut env: BTreeMap<String, String> = db.env().into_iter().collect();
         // Plain TCP on loopback, like the peer (node-postgres does not use TLS by default).
         env.insert("DATABASE_URL".into(), plain(&db.url));
+        if via == Via::Pooled {
+            let bouncer = self.bouncer.as_ref().expect("--pooled starts PgBouncer");
+            env.insert("DATABASE_URL".into(), bouncer.url_for(&db.url));
+            env.insert("LETTUCE_LISTEN_DATABASE_URL".into(), plain(&db.url));
+            env.insert("LETTUCE_DB_STATEMENT_TIMEOUT_MS".into(), "0".into());
+        }
         for k in [
             "LETTUCE_RETRY_BASE_MS",
             "LETTUCE_RETRY_MAX_MS",
@@ -433,9 +462,9 @@ impl Bench {
         env.into_iter().collect()
     }
 
-    fn spawn_worker(&self, db: &TestDb) -> Result<Proc> {
+    fn spawn_worker(&self, db: &TestDb, via: Via) -> Result<Proc> {
         let mut cmd = Command::new(&self.worker_bin);
-        cmd.arg("run").env_clear().envs(self.worker_env(db));
+        cmd.arg("run").env_clear().envs(self.worker_env(db, via));
         for keep in ["PATH", "HOME"] {
             if let Ok(v) = std::env::var(keep) {
                 cmd.env(keep, v);
@@ -562,14 +591,14 @@ impl Bench {
     /// Our worker: n jobs queued, then `procs` worker processes. Returns (jobs/s timed from the
     /// first "ready" to empty, jobs/s from the database's own timestamps, peak RSS KiB of the
     /// first worker).
-    async fn burn_ours(&self, procs: usize) -> Result<(f64, f64, u64)> {
+    async fn burn_ours(&self, procs: usize, via: Via) -> Result<(f64, f64, u64)> {
         let n = self.opts.jobs;
         let (db, c) = fresh_db(true).await?;
         enqueue_rust(&c, n, 5000).await?;
         settle(&c).await?;
         let mut workers = Vec::new();
         for _ in 0..procs {
-            workers.push(self.spawn_worker(&db)?);
+            workers.push(self.spawn_worker(&db, via)?);
         }
         let mut first_ready: Option<Instant> = None;
         for w in &mut workers {
@@ -713,6 +742,9 @@ impl Bench {
                 "ours-2",
                 "ours-4",
             ];
+            if self.bouncer.is_some() {
+                turns.push("pooled-2");
+            }
             if round % 2 == 1 {
                 turns.reverse();
             }
@@ -723,9 +755,10 @@ impl Bench {
                     "raw-ours" => self.burn_raw_ours().await?,
                     "graphile" if self.peer.is_some() => self.burn_graphile().await?,
                     "graphile" => continue,
+                    "pooled-2" => self.burn_ours(2, Via::Pooled).await?.0,
                     _ => {
                         let procs: usize = t[5..].parse()?;
-                        let (wall, dbt, h) = self.burn_ours(procs).await?;
+                        let (wall, dbt, h) = self.burn_ours(procs, Via::Direct).await?;
                         db_timed.entry(t).or_default().push(dbt);
                         if procs == 1 {
                             hwm.push(h as f64);
@@ -766,6 +799,10 @@ impl Bench {
             "ours-2" => "lettuce, 2 worker processes".to_string(),
             "ours-4" => "lettuce, 4 worker processes".to_string(),
             "ours-best" => "lettuce, best of 1/2/4 per round".to_string(),
+            "pooled-2" => format!(
+                "lettuce, 2 worker processes through PgBouncer 1.18 (transaction mode, pool {})",
+                xtests::pgbouncer::POOL_SIZE
+            ),
             "raw-delete" => {
                 "raw SQL ceiling: 2 connections × `DELETE … LIMIT 1000 SKIP LOCKED`".to_string()
             }
@@ -782,12 +819,13 @@ impl Bench {
             "ours-2",
             "ours-4",
             "ours-best",
+            "pooled-2",
             "raw-delete",
             "raw-ours",
             "graphile",
         ] {
             let Some(v) = figures.get(t) else { continue };
-            let r = if t.starts_with("ours") {
+            let r = if t.starts_with("ours") || t.starts_with("pooled") {
                 String::new()
             } else {
                 format!("{:.2}", ratio("ours-best", t))
@@ -824,6 +862,15 @@ impl Bench {
         );
         body.push_str(&targets);
         body.push('\n');
+        if figures.contains_key("pooled-2") {
+            writeln!(
+                body,
+                "\nThrough PgBouncer (2 processes): ÷ raw-SQL ceiling **{:.2}** (direct 2 processes {:.2}); ÷ direct 2 processes {:.2}",
+                ratio("pooled-2", "raw-delete"),
+                ratio("ours-2", "raw-delete"),
+                ratio("pooled-2", "ours-2")
+            )?;
+        }
         report.add("Burn-down", body);
         Ok(())
     }
@@ -832,10 +879,10 @@ impl Bench {
 
     /// One job at a time into an idle worker, 200 times, 15–35 ms apart; (p50, p99, max) of
     /// run_at → claim.
-    async fn pickup_ours(&self) -> Result<(f64, f64, f64)> {
+    async fn pickup_ours(&self, via: Via) -> Result<(f64, f64, f64)> {
         let (db, c) = fresh_db(true).await?;
         settle(&c).await?;
-        let mut w = self.spawn_worker(&db)?;
+        let mut w = self.spawn_worker(&db, via)?;
         w.wait_ready(Duration::from_secs(30)).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let stmt = c.prepare("SELECT lettuce.enqueue('diag.noop')").await?;
@@ -892,14 +939,19 @@ impl Bench {
     async fn pickup(&self, report: &mut Report) -> Result<()> {
         let mut ours: Vec<(f64, f64, f64)> = Vec::new();
         let mut peer: Vec<(f64, f64, f64)> = Vec::new();
+        let mut pooled: Vec<(f64, f64, f64)> = Vec::new();
         for round in 0..self.opts.rounds {
             let mut turns = vec!["ours", "graphile"];
+            if self.bouncer.is_some() {
+                turns.push("pooled");
+            }
             if round % 2 == 1 {
                 turns.reverse();
             }
             for t in turns {
                 match t {
-                    "ours" => ours.push(self.pickup_ours().await?),
+                    "ours" => ours.push(self.pickup_ours(Via::Direct).await?),
+                    "pooled" => pooled.push(self.pickup_ours(Via::Pooled).await?),
                     _ if self.peer.is_some() => peer.push(self.pickup_graphile().await?),
                     _ => {}
                 }
@@ -914,7 +966,14 @@ impl Bench {
              Medians of the per-round percentiles.\n\n| who | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|\n",
             self.opts.rounds
         );
-        for (name, v) in [("lettuce", &ours), ("graphile-worker batched", &peer)] {
+        for (name, v) in [
+            ("lettuce", &ours),
+            (
+                "lettuce through PgBouncer (transaction mode; LISTEN direct)",
+                &pooled,
+            ),
+            ("graphile-worker batched", &peer),
+        ] {
             if v.is_empty() {
                 continue;
             }
@@ -928,8 +987,13 @@ impl Bench {
         }
         writeln!(
             body,
-            "\nPer round (p50/p99): lettuce {}; graphile-worker {}",
+            "\nPer round (p50/p99): lettuce {}; through PgBouncer {}; graphile-worker {}",
             ours.iter()
+                .map(|x| format!("{:.2}/{:.2}", x.0, x.1))
+                .collect::<Vec<_>>()
+                .join(", "),
+            pooled
+                .iter()
                 .map(|x| format!("{:.2}/{:.2}", x.0, x.1))
                 .collect::<Vec<_>>()
                 .join(", "),
@@ -958,7 +1022,7 @@ impl Bench {
         } else {
             None
         };
-        let mut w = self.spawn_worker(&db)?;
+        let mut w = self.spawn_worker(&db, Via::Direct)?;
         w.wait_ready(Duration::from_secs(30)).await?;
         let lsn0: String = c
             .query_one("SELECT pg_current_wal_lsn()::text", &[])
@@ -1115,7 +1179,7 @@ impl Bench {
     async fn idle(&self, report: &mut Report) -> Result<()> {
         let (db, c) = fresh_db(true).await?;
         settle(&c).await?;
-        let mut w = self.spawn_worker(&db)?;
+        let mut w = self.spawn_worker(&db, Via::Direct)?;
         w.wait_ready(Duration::from_secs(30)).await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let pss = c
@@ -1163,7 +1227,7 @@ impl Bench {
         let mut ms = Vec::new();
         for _ in 0..self.opts.rounds.max(5) {
             let spawned = Instant::now();
-            let mut w = self.spawn_worker(&db)?;
+            let mut w = self.spawn_worker(&db, Via::Direct)?;
             let ready = w.wait_ready(Duration::from_secs(30)).await?;
             ms.push(ready.duration_since(spawned).as_secs_f64() * 1000.0);
             w.stop().await;

@@ -30,6 +30,9 @@ fn connect_hint(e: &tokio_postgres::Error) -> &'static str {
         db::ConnectFailure::Transient("too many connections") => {
             "the server is at max_connections: lower LETTUCE_DB_POOL_SIZE or the replica count, or raise max_connections"
         }
+        db::ConnectFailure::Permanent(db::STARTUP_PARAMETER_REFUSED) => {
+            "PgBouncer accepts no `options` startup parameter: set LETTUCE_DB_STATEMENT_TIMEOUT_MS=0 (statement_timeout is then the server's or the role's setting)"
+        }
         db::ConnectFailure::Transient("server starting up") => {
             "the server is starting up or in recovery: try again in a moment"
         }
@@ -44,6 +47,7 @@ pub(super) async fn database_checks(config: &Config, offline: bool) -> Vec<Check
         "db.privileges",
         "schema",
         "repositories",
+        "db.notifications",
     ];
     if offline {
         return ids
@@ -59,7 +63,7 @@ pub(super) async fn database_checks(config: &Config, offline: bool) -> Vec<Check
     };
     let parsed = db::parse_url(config.database_url.expose())
         .and_then(|pg| Ok((pg, db::tls_for(config.database_url.expose())?)));
-    let (pg, tls) = match parsed {
+    let (mut pg, tls) = match parsed {
         Ok(pair) => pair,
         Err(e) => {
             let hint = match e {
@@ -73,6 +77,8 @@ pub(super) async fn database_checks(config: &Config, offline: bool) -> Vec<Check
             return v;
         }
     };
+    // The same startup options `worker run` sends, so a pooler that refuses them says so here.
+    db::set_statement_timeout(&mut pg, Some(config.db_statement_timeout));
     let target = db::describe(&pg);
     let dbname = pg.get_dbname().unwrap_or("(default)").to_string();
     let pool = db::build_pool(pg, tls, 1);
@@ -176,8 +182,65 @@ pub(super) async fn database_checks(config: &Config, offline: bool) -> Vec<Check
             "skipped: the schema is not at this binary's revision",
         )
     });
+    v.push(notifications_check(config, &pool).await);
     v
 }
+
+/// `db.notifications`: does a NOTIFY sent over `DATABASE_URL` arrive over the URL LISTEN uses?
+/// Not through a transaction pooler: then the worker polls, and this says how to wake it at once.
+async fn notifications_check(config: &Config, pool: &db::DbPool) -> Check {
+    const ID: &str = "db.notifications";
+    let (url, var) = config.listen_url();
+    let parsed = db::parse_url(url).and_then(|pg| Ok((pg, db::tls_for(url)?)));
+    let (pg, tls) = match parsed {
+        Ok(pair) => pair,
+        Err(e) => {
+            return hinted(
+                ID,
+                Level::Fail,
+                format!("{var}: {e}"),
+                "LETTUCE_LISTEN_DATABASE_URL must be a postgres:// URL or key=value connection string",
+            );
+        }
+    };
+    let target = db::describe(&pg);
+    let round_trip = db::listener::notifications_arrive(&pg, &tls, pool, NOTIFY_LIMIT);
+    match tokio::time::timeout(NOTIFY_LIMIT + DB_TIMEOUT_CAP, round_trip).await {
+        Ok(Ok(Some(took))) => check(
+            ID,
+            Level::Ok,
+            format!(
+                "a NOTIFY over DATABASE_URL arrived over {var} ({target}) in {} ms",
+                took.as_millis()
+            ),
+        ),
+        Ok(Ok(None)) => hinted(
+            ID,
+            Level::Warn,
+            format!(
+                "a NOTIFY over DATABASE_URL did not arrive over {var} ({target}) within {} ms: the worker will poll every {} ms",
+                NOTIFY_LIMIT.as_millis(),
+                config.poll_interval.as_millis()
+            ),
+            "behind a transaction pooler (PgBouncer in transaction mode) LISTEN does not last: set LETTUCE_LISTEN_DATABASE_URL to a direct connection to the server (or a session-mode pool)",
+        ),
+        Ok(Err(e)) => hinted(
+            ID,
+            Level::Fail,
+            format!("{var} ({target}): {e}"),
+            "LETTUCE_LISTEN_DATABASE_URL (default DATABASE_URL) must reach the same database",
+        ),
+        Err(_) => hinted(
+            ID,
+            Level::Fail,
+            format!("{var} ({target}): no answer in time"),
+            "check LETTUCE_LISTEN_DATABASE_URL's host and port",
+        ),
+    }
+}
+
+/// How long `db.notifications` waits for its NOTIFY (as long as the worker waits at boot).
+const NOTIFY_LIMIT: Duration = Duration::from_millis(1500);
 
 /// `repositories`: how many repositories this instance keeps, and each whose webhook is
 /// `manual` (the App or token lacks the webhook permission) or `failed`, with its error.

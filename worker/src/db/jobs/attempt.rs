@@ -102,10 +102,9 @@ async fn claim_batch_sql(
     lease: Duration,
 ) -> Result<Vec<ClaimedJob>, DbError> {
     let client = pool.get().await?;
-    let stmt = client.prepare_cached(CLAIM_SQL).await?;
     let lease_ms = lease.as_millis() as f64;
     let rows = client
-        .query(&stmt, &[&queue, &kinds, &limit, &worker_id, &lease_ms])
+        .query_typed(CLAIM_SQL, params![queue, kinds, limit, worker_id, lease_ms])
         .await?;
     let mut jobs: Vec<ClaimedJob> = rows.iter().map(claimed_job).collect();
     jobs.sort_by_key(|j| (j.priority, j.run_at, j.id));
@@ -366,12 +365,11 @@ async fn complete_batch_sql(
         let sizes: Vec<i64> = kept.iter().map(|a| a.size).collect();
         let shas: Vec<&str> = kept.iter().map(|a| a.sha256.as_str()).collect();
         let etags: Vec<Option<&str>> = kept.iter().map(|a| a.etag.as_deref()).collect();
-        tx.execute(
+        tx.execute_typed(
             "INSERT INTO lettuce.job_artifacts (job_id, key, size, sha256, etag)
              SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[], $4::text[], $5::text[])
              ON CONFLICT (job_id, key) DO UPDATE SET size = excluded.size, sha256 = excluded.sha256, etag = excluded.etag",
-            &[&job_ids, &keys, &sizes, &shas, &etags],
-        )
+            params![job_ids, keys, sizes, shas, etags])
         .await?;
     }
     // Repository rows only for jobs whose write as `completed` was accepted (not for the
@@ -389,7 +387,7 @@ async fn complete_batch_sql(
         crate::db::repositories::record_index(&*tx, &indexed).await?;
     }
     for queue in wake {
-        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &queue])
+        tx.execute_typed("SELECT pg_notify($1, $2)", params![CHANNEL, queue])
             .await?;
     }
     tx.commit().await?;

@@ -104,19 +104,9 @@ async fn enqueue_sql(
     traceparent: &Option<String>,
 ) -> Result<i64, DbError> {
     let row = client
-        .query_one(
+        .query_typed_one(
             "SELECT lettuce.enqueue($1, $2, $3, $4::int, coalesce($5, now()), $6, $7, $8)",
-            &[
-                &job.kind,
-                &job.payload,
-                &job.queue,
-                &(job.priority as i32),
-                &job.run_at,
-                &job.max_attempts,
-                &job.unique_key,
-                traceparent,
-            ],
-        )
+            params![job.kind, job.payload, job.queue, (job.priority as i32), job.run_at, job.max_attempts, job.unique_key, traceparent])
         .await?;
     Ok(row.get(0))
 }
@@ -184,31 +174,30 @@ async fn enqueue_many_sql(
             .iter()
             .map(|&i| jobs[i].traceparent.clone().or_else(|| ambient.clone()))
             .collect();
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
-            &kinds,
-            &payloads,
-            &queues,
-            &priorities,
-            &run_ats,
-            &max_attempts,
-            &unique_keys,
-            &traceparents,
+        let params: &[_] = params![
+            kinds,
+            payloads,
+            queues,
+            priorities,
+            run_ats,
+            max_attempts,
+            unique_keys,
+            traceparents
         ];
         let rows = if with_unique {
             client
-                .query(
+                .query_typed(
                     "SELECT u.ord, lettuce.enqueue(u.kind, u.payload, u.queue, u.priority::int,
                                                    coalesce(u.run_at, now()), u.max_attempts, u.unique_key, u.traceparent)
                        FROM unnest($1::text[], $2::jsonb[], $3::text[], $4::int2[], $5::timestamptz[],
                                    $6::int4[], $7::text[], $8::text[])
                             WITH ORDINALITY AS u(kind, payload, queue, priority, run_at, max_attempts, unique_key, traceparent, ord)
                       ORDER BY u.ord",
-                    &params,
-                )
+                    params)
                 .await?
         } else {
             client
-                .query(
+                .query_typed(
                     "INSERT INTO lettuce.job_queue (kind, payload, queue, priority, run_at, max_attempts, traceparent, state)
                      SELECT u.kind, u.payload, u.queue, u.priority, coalesce(u.run_at, now()), u.max_attempts, u.traceparent,
                             CASE WHEN u.run_at > now() THEN 'scheduled' ELSE 'available' END
@@ -217,8 +206,7 @@ async fn enqueue_many_sql(
                             WITH ORDINALITY AS u(kind, payload, queue, priority, run_at, max_attempts, unique_key, traceparent, ord)
                       ORDER BY u.ord
                      RETURNING id",
-                    &params,
-                )
+                    params)
                 .await?
         };
         if with_unique {

@@ -81,10 +81,9 @@ fn job_row(r: &tokio_postgres::Row) -> JobRow {
 /// One job by id.
 pub async fn get(client: &impl GenericClient, id: i64) -> Result<Option<JobRow>, DbError> {
     let row = client
-        .query_opt(
+        .query_typed_opt(
             &format!("SELECT {JOB_COLUMNS} FROM lettuce.jobs WHERE id = $1"),
-            &[&id],
-        )
+            params![id])
         .await?;
     Ok(row.as_ref().map(job_row))
 }
@@ -101,15 +100,14 @@ pub struct ListFilter {
 /// Newest jobs first, filtered.
 pub async fn list(client: &impl GenericClient, f: &ListFilter) -> Result<Vec<JobRow>, DbError> {
     let rows = client
-        .query(
+        .query_typed(
             &format!(
                 "SELECT {JOB_COLUMNS} FROM lettuce.jobs
                   WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR kind = $2)
                     AND ($3::text IS NULL OR queue = $3)
                   ORDER BY id DESC LIMIT $4"
             ),
-            &[&f.state, &f.kind, &f.queue, &f.limit],
-        )
+            params![f.state, f.kind, f.queue, f.limit])
         .await?;
     Ok(rows.iter().map(job_row).collect())
 }
@@ -133,7 +131,7 @@ pub enum SteerError {
 /// Makes a finished or waiting job available now, granting one more attempt when all were used.
 pub async fn retry(client: &impl GenericClient, id: i64) -> Result<JobRow, SteerError> {
     let row = client
-        .query_opt(
+        .query_typed_opt(
             &format!(
                 "WITH r AS (
                      UPDATE lettuce.jobs SET state = 'available', run_at = now(), finished_at = NULL,
@@ -143,8 +141,7 @@ pub async fn retry(client: &impl GenericClient, id: i64) -> Result<JobRow, Steer
                  )
                  SELECT {JOB_COLUMNS}, pg_notify('{CHANNEL}', queue) FROM r"
             ),
-            &[&id],
-        )
+            params![id])
         .await
         .map_err(DbError::from)?;
     match row {
@@ -162,15 +159,14 @@ pub async fn cancel(
     reason: &str,
 ) -> Result<JobRow, SteerError> {
     let row = client
-        .query_opt(
+        .query_typed_opt(
             &format!(
                 "UPDATE lettuce.jobs SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL,
                         errors = lettuce.append_error(errors, attempt, $2::text)
                   WHERE id = $1 AND state IN ('available', 'scheduled', 'retryable', 'running')
                  RETURNING {JOB_COLUMNS}"
             ),
-            &[&id, &reason],
-        )
+            params![id, reason])
         .await
         .map_err(DbError::from)?;
     match row {

@@ -18,7 +18,7 @@ pub async fn queue_depth(pool: &DbPool) -> Result<Vec<DepthRow>, DbError> {
     tx.batch_execute("SET LOCAL statement_timeout = 2000")
         .await?;
     let rows = tx
-        .query(
+        .query_typed(
             "SELECT queue, state, count(*),
                     CASE WHEN state = 'available'
                          THEN GREATEST(0, EXTRACT(EPOCH FROM now() - min(run_at)))::float8 END
@@ -26,8 +26,7 @@ pub async fn queue_depth(pool: &DbPool) -> Result<Vec<DepthRow>, DbError> {
               GROUP BY queue, state
               ORDER BY queue, state
               LIMIT 1000",
-            &[],
-        )
+            params![])
         .await?;
     tx.commit().await?;
     Ok(rows
@@ -63,7 +62,7 @@ pub struct Rescued {
 pub async fn rescue_expired(pool: &DbPool, limit: i64) -> Result<Vec<Rescued>, DbError> {
     let client = pool.get().await?;
     let rows = client
-        .query(
+        .query_typed(
             concat!(
                 "WITH expired AS (
                  SELECT id FROM lettuce.job_queue
@@ -108,8 +107,7 @@ pub async fn rescue_expired(pool: &DbPool, limit: i64) -> Result<Vec<Rescued>, D
                 channel!(),
                 "', queue)::text FROM retried"
             ),
-            &[&limit],
-        )
+            params![limit])
         .await?;
     Ok(rows
         .iter()
@@ -132,14 +130,13 @@ pub async fn take_turn(
     let client = pool.get().await?;
     let every_ms = every.as_millis() as f64;
     let row = client
-        .query_opt(
+        .query_typed_opt(
             "INSERT INTO lettuce.maintenance_turns AS t (task, last_run_at, taken_by)
              VALUES ($1, now(), $3)
              ON CONFLICT (task) DO UPDATE SET last_run_at = now(), taken_by = excluded.taken_by
               WHERE t.last_run_at <= now() - $2 * interval '1 millisecond'
              RETURNING 1",
-            &[&task, &every_ms, &worker_id],
-        )
+            params![task, every_ms, worker_id])
         .await?;
     Ok(row.is_some())
 }
@@ -153,7 +150,7 @@ pub async fn prune(
     let client = pool.get().await?;
     let ms = |d: Duration| d.as_millis() as f64;
     let n = client
-        .execute(
+        .execute_typed(
             "WITH doomed AS (
                  SELECT id FROM lettuce.job_history
                   WHERE finished_at < now() - CASE state WHEN 'completed' THEN $1::float8 WHEN 'discarded' THEN $2::float8 ELSE $3::float8 END
@@ -162,8 +159,7 @@ pub async fn prune(
                   FOR UPDATE SKIP LOCKED
              )
              DELETE FROM lettuce.job_history j USING doomed WHERE j.id = doomed.id",
-            &[&ms(retention.completed), &ms(retention.discarded), &ms(retention.cancelled), &limit],
-        )
+            params![ms(retention.completed), ms(retention.discarded), ms(retention.cancelled), limit])
         .await?;
     Ok(n)
 }
