@@ -931,41 +931,21 @@ async fn provider_requests_are_client_spans_under_the_job_span() {
     let fake = FakeGithub::start(APP_ID, &key, false).await;
     fake.add_installation(7, "acme");
     fake.add_repo(7, "acme/app", "main");
-    let (addr, received) = otlp_receiver().await;
     let db = TestDb::new().await;
-    let mut env = db.env();
-    for (k, v) in [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
-        ("OTEL_BSP_SCHEDULE_DELAY", "600000".into()),
-        ("GITHUB_APP_ID", APP_ID.to_string()),
-        ("GITHUB_APP_NAME", "lettuce-test".into()),
-        ("GITHUB_APP_PRIVATE_KEY", key.base64_pem()),
-        ("GITHUB_APP_CLIENT_ID", "Iv1.0123456789abcdef".into()),
-        ("GITHUB_APP_CLIENT_SECRET", "ghcs-client-secret".into()),
-        ("GITHUB_API_URL", fake.api_url()),
+    let extra = [
         ("GITHUB_SERVER_URL", fake.base.clone()),
         ("LETTUCE_WEB_URL", "https://lettuce.acme.test".into()),
         ("LETTUCE_WEBHOOK_SECRET", "span-test-secret".into()),
-    ] {
-        env.insert(k.into(), v);
-    }
-    let mut worker = WorkerProcess::start(&["run"], &env);
-    worker.wait_ready(Duration::from_secs(30)).await;
-    let client = db.client().await;
-    let id: i64 = client
-        .query_one(
-            "SELECT lettuce.enqueue('repo.webhook.ensure', '{\"provider\": \"github\", \"repo\": \"acme/app\", \"installation_id\": 7, \"account_id\": 99}')",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let (state, _, errors) = wait_final(&client, id, Duration::from_secs(30)).await;
-    assert_eq!(state, "completed", "{errors}");
-    worker.signal(libc::SIGTERM);
-    assert_eq!(worker.wait_exit(Duration::from_secs(30)).await, Some(0));
-
-    let requests = received.lock().unwrap().clone();
+    ];
+    let (_, requests) = one_github_job(
+        &db,
+        &key,
+        &fake,
+        APP_ID,
+        &extra,
+        "SELECT lettuce.enqueue('repo.webhook.ensure', '{\"provider\": \"github\", \"repo\": \"acme/app\", \"installation_id\": 7, \"account_id\": 99}')",
+    )
+    .await;
     let all = exported(&requests);
     let spans: Vec<&PSpan> = all.iter().map(|(_, s)| s).collect();
     let job = spans
@@ -1039,39 +1019,16 @@ async fn repo_index_spans_fetch_parse_and_upload_under_the_job_with_sizes_and_co
     work.write("README.md", "# widgets\n");
     let commit = work.commit("first");
 
-    let (addr, received) = otlp_receiver().await;
     let db = TestDb::new().await;
-    let mut env = db.env();
-    for (k, v) in [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
-        ("OTEL_BSP_SCHEDULE_DELAY", "600000".into()),
-        ("GITHUB_APP_ID", APP_ID.to_string()),
-        ("GITHUB_APP_NAME", "lettuce-test".into()),
-        ("GITHUB_APP_PRIVATE_KEY", key.base64_pem()),
-        ("GITHUB_APP_CLIENT_ID", "Iv1.0123456789abcdef".into()),
-        ("GITHUB_APP_CLIENT_SECRET", "ghcs-client-secret".into()),
-        ("GITHUB_API_URL", fake.api_url()),
-        ("GITHUB_SERVER_URL", git.base()),
-    ] {
-        env.insert(k.into(), v);
-    }
-    let mut worker = WorkerProcess::start(&["run"], &env);
-    worker.wait_ready(Duration::from_secs(30)).await;
-    let client = db.client().await;
-    let id: i64 = client
-        .query_one(
-            "SELECT lettuce.enqueue('repo.index', '{\"provider\": \"github\", \"repo\": \"acme/widgets\", \"installation_id\": 7}')",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let (state, _, errors) = wait_final(&client, id, Duration::from_secs(60)).await;
-    assert_eq!(state, "completed", "{errors}");
-    worker.signal(libc::SIGTERM);
-    assert_eq!(worker.wait_exit(Duration::from_secs(30)).await, Some(0));
-
-    let requests = received.lock().unwrap().clone();
+    let (id, requests) = one_github_job(
+        &db,
+        &key,
+        &fake,
+        APP_ID,
+        &[("GITHUB_SERVER_URL", git.base())],
+        "SELECT lettuce.enqueue('repo.index', '{\"provider\": \"github\", \"repo\": \"acme/widgets\", \"installation_id\": 7}')",
+    )
+    .await;
     let all = exported(&requests);
     let spans: Vec<&PSpan> = all.iter().map(|(_, s)| s).collect();
     let names = || spans.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
@@ -1111,7 +1068,7 @@ async fn repo_index_spans_fetch_parse_and_upload_under_the_job_with_sizes_and_co
     let on_disk: u64 = ["files.jsonl.zst", "symbols.jsonl.zst", "manifest.json"]
         .iter()
         .map(|name| {
-            let path = std::path::Path::new(&env["CODEWAZE_DATA_DIR"])
+            let path = std::path::Path::new(&db.env()["CODEWAZE_DATA_DIR"])
                 .join("artifacts")
                 .join(format!("jobs/{id}/attempt-1/{name}"));
             std::fs::metadata(&path)
@@ -1128,4 +1085,44 @@ async fn repo_index_spans_fetch_parse_and_upload_under_the_job_with_sizes_and_co
             assert!(!text.contains(part), "a credential reached a span");
         }
     }
+}
+
+/// Runs the worker binary configured for the fake GitHub App (plus `extra`) and exporting spans
+/// to a loopback OTLP receiver, enqueues one job with `enqueue_sql`, waits for it to complete,
+/// stops the worker (which flushes the spans) and returns the job id and every export request.
+async fn one_github_job(
+    db: &TestDb,
+    key: &xtests::fake_github::AppKey,
+    fake: &xtests::fake_github::FakeGithub,
+    app_id: u64,
+    extra: &[(&str, String)],
+    enqueue_sql: &str,
+) -> (i64, Vec<ExportTraceServiceRequest>) {
+    let (addr, received) = otlp_receiver().await;
+    let mut env = db.env();
+    for (k, v) in [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
+        ("OTEL_BSP_SCHEDULE_DELAY", "600000".into()),
+        ("GITHUB_APP_ID", app_id.to_string()),
+        ("GITHUB_APP_NAME", "lettuce-test".into()),
+        ("GITHUB_APP_PRIVATE_KEY", key.base64_pem()),
+        ("GITHUB_APP_CLIENT_ID", "Iv1.0123456789abcdef".into()),
+        ("GITHUB_APP_CLIENT_SECRET", "ghcs-client-secret".into()),
+        ("GITHUB_API_URL", fake.api_url()),
+    ] {
+        env.insert(k.into(), v);
+    }
+    for (k, v) in extra {
+        env.insert((*k).into(), v.clone());
+    }
+    let mut worker = WorkerProcess::start(&["run"], &env);
+    worker.wait_ready(Duration::from_secs(30)).await;
+    let client = db.client().await;
+    let id: i64 = client.query_one(enqueue_sql, &[]).await.unwrap().get(0);
+    let (state, _, errors) = wait_final(&client, id, Duration::from_secs(60)).await;
+    assert_eq!(state, "completed", "{errors}");
+    worker.signal(libc::SIGTERM);
+    assert_eq!(worker.wait_exit(Duration::from_secs(30)).await, Some(0));
+    let requests = received.lock().unwrap().clone();
+    (id, requests)
 }

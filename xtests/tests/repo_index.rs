@@ -145,6 +145,25 @@ impl Rig {
         .unwrap()
     }
 
+    /// A cancelled attempt of job `id` left no artifact (file or row) and no repository update.
+    async fn assert_nothing_written(&self, id: i64) {
+        assert!(self.artifact_keys(id).await.is_empty());
+        assert!(
+            !self
+                .data_dir()
+                .join("artifacts")
+                .join(format!("jobs/{id}"))
+                .exists(),
+            "no artifact was written"
+        );
+        let indexed: Option<String> = scalar(
+            &self.client,
+            "SELECT last_indexed_commit FROM lettuce.repositories WHERE full_name = 'acme/widgets'",
+        )
+        .await;
+        assert_eq!(indexed, None);
+    }
+
     fn lines(&self, key: &str) -> Vec<Value> {
         let mut text = String::new();
         zstd::Decoder::new(&self.artifact(key)[..])
@@ -600,20 +619,7 @@ async fn cancelling_mid_fetch_frees_the_slot_within_a_second_and_writes_nothing(
     )
     .await;
     assert_eq!(state, "cancelled");
-    assert!(rig.artifact_keys(id).await.is_empty());
-    assert!(
-        !rig.data_dir()
-            .join("artifacts")
-            .join(format!("jobs/{id}"))
-            .exists(),
-        "no artifact was written"
-    );
-    let indexed: Option<String> = scalar(
-        &rig.client,
-        "SELECT last_indexed_commit FROM lettuce.repositories WHERE full_name = 'acme/widgets'",
-    )
-    .await;
-    assert_eq!(indexed, None);
+    rig.assert_nothing_written(id).await;
     worker.stop().await.unwrap();
 }
 
@@ -794,19 +800,6 @@ async fn cancelling_mid_parse_frees_the_slot_within_a_second_and_writes_nothing(
     let freed = cancelled_at.elapsed();
     assert!(freed < Duration::from_secs(1), "slot free after {freed:?}");
 
-    assert!(rig.artifact_keys(id).await.is_empty());
-    assert!(
-        !rig.data_dir()
-            .join("artifacts")
-            .join(format!("jobs/{id}"))
-            .exists(),
-        "no artifact was written"
-    );
-    let indexed: Option<String> = scalar(
-        &rig.client,
-        "SELECT last_indexed_commit FROM lettuce.repositories WHERE full_name = 'acme/widgets'",
-    )
-    .await;
-    assert_eq!(indexed, None);
+    rig.assert_nothing_written(id).await;
     worker.stop().await.unwrap();
 }
