@@ -816,3 +816,45 @@ async fn metrics_count_attempts_and_final_states_apart_with_process_and_pool_fig
     w.signal(libc::SIGTERM);
     assert_eq!(w.wait_exit(Duration::from_secs(20)).await, Some(0));
 }
+
+/// Issue 19, item 1 (the signal, not yet the cure): a transaction another session holds open in
+/// the queue's database shows in `/metrics` as its age, and goes back to 0 when it ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_show_the_oldest_transaction_another_session_holds_open() {
+    let db = TestDb::new().await;
+    let mut env = db.env();
+    let port = free_port();
+    env.insert("LETTUCE_HTTP_ADDR".into(), format!("127.0.0.1:{port}"));
+    let mut w = WorkerProcess::start(&["run"], &env);
+    w.wait_ready(Duration::from_secs(30)).await;
+    let scrape = || async {
+        reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let holder = db.client().await;
+    holder
+        .batch_execute("BEGIN; SELECT txid_current();")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let text = scrape().await;
+    let age = sample(&text, "lettuce_db_oldest_transaction_age_seconds").expect("the gauge");
+    assert!(
+        (1.9..60.0).contains(&age),
+        "held for 2 s, gauge says {age}:\n{text}"
+    );
+    assert!(
+        sample(&text, "lettuce_db_oldest_xmin_age").is_some(),
+        "{text}"
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+    let text = scrape().await;
+    let age = sample(&text, "lettuce_db_oldest_transaction_age_seconds").expect("the gauge");
+    assert!(age < 1.0, "after COMMIT the gauge says {age}");
+    w.signal(libc::SIGTERM);
+    assert_eq!(w.wait_exit(Duration::from_secs(20)).await, Some(0));
+}

@@ -48,3 +48,44 @@ pub async fn ping(pool: &DbPool) -> Result<(), DbError> {
     client.simple_query("SELECT 1").await?;
     Ok(())
 }
+
+/// The oldest open transaction of another session in this database: while it lasts, vacuum
+/// cannot remove the queue's dead rows, and every claim steps over them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OldestTransaction {
+    /// `now() - xact_start` of the oldest (0 when none is open).
+    pub age_seconds: f64,
+    /// The largest `age(backend_xmin)`: how many transactions behind the oldest snapshot is.
+    pub xmin_age: i64,
+    /// The session holding the oldest one.
+    pub pid: Option<i32>,
+    pub application_name: Option<String>,
+}
+
+pub async fn oldest_transaction(pool: &DbPool) -> Result<OldestTransaction, DbError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_typed_one(
+            "WITH others AS (
+                 SELECT pid, application_name, xact_start, backend_xmin
+                   FROM pg_stat_activity
+                  WHERE datname = current_database() AND pid <> pg_backend_pid()
+                    AND xact_start IS NOT NULL
+                    AND (backend_xid IS NOT NULL OR backend_xmin IS NOT NULL)
+             ), oldest AS (
+                 SELECT pid, application_name FROM others ORDER BY xact_start LIMIT 1
+             )
+             SELECT coalesce((SELECT extract(epoch FROM now() - min(xact_start)) FROM others), 0)::float8,
+                    coalesce((SELECT max(age(backend_xmin)) FROM others), 0)::int8,
+                    (SELECT pid FROM oldest),
+                    (SELECT application_name FROM oldest)::text",
+            params![],
+        )
+        .await?;
+    Ok(OldestTransaction {
+        age_seconds: row.get(0),
+        xmin_age: row.get(1),
+        pid: row.get(2),
+        application_name: row.get(3),
+    })
+}

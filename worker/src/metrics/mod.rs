@@ -16,6 +16,8 @@
 //! | `lettuce_listen_reconnects_total` | counter | — |
 //! | `lettuce_queue_oldest_available_age_seconds` | gauge | `queue` (whole database, read at scrape; 0 when none waits) |
 //! | `lettuce_queue_slots` | gauge | `queue` (this process's `LETTUCE_QUEUES` concurrency) |
+//! | `lettuce_db_oldest_transaction_age_seconds` | gauge | — (the oldest transaction another session holds open in this database, read at scrape: while it lasts vacuum cannot clean the queue) |
+//! | `lettuce_db_oldest_xmin_age` | gauge | — (the largest `age(backend_xmin)` of those sessions, in transactions) |
 //! | `lettuce_build_info` | gauge (1) | `version` |
 //! | `lettuce_jobs_rescued_total` | counter | — (jobs this process's rescuer took back from expired leases) |
 //! | `lettuce_late_writes_refused_total` | counter | — (outcomes fenced out: the job was rescued, cancelled or reassigned) |
@@ -221,6 +223,8 @@ pub struct Metrics {
     task_restarts: Family<TaskLabel, Counter>,
     oldest_available: Family<QueueLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     queue_slots: Family<QueueLabel, Gauge>,
+    oldest_transaction: Gauge<f64, std::sync::atomic::AtomicU64>,
+    oldest_xmin: Gauge,
     /// The queues this process serves: their age series stay (at 0) when nothing waits.
     configured: Mutex<Vec<String>>,
     /// The pool the depth query uses; set once the schema is applied.
@@ -275,6 +279,18 @@ impl Default for Metrics {
         let oldest_available =
             Family::<QueueLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let queue_slots = Family::<QueueLabel, Gauge>::default();
+        let oldest_transaction = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let oldest_xmin = Gauge::default();
+        registry.register(
+            "lettuce_db_oldest_transaction_age_seconds",
+            "Seconds the oldest transaction of another session in this database has been open (read at scrape; vacuum cannot clean the queue while it lasts)",
+            oldest_transaction.clone(),
+        );
+        registry.register(
+            "lettuce_db_oldest_xmin_age",
+            "Transactions behind the oldest snapshot another session in this database holds (read at scrape)",
+            oldest_xmin.clone(),
+        );
         let build_info = Family::<VersionLabel, Gauge>::default();
         build_info
             .get_or_create(&VersionLabel {
@@ -380,6 +396,8 @@ impl Default for Metrics {
             task_restarts,
             oldest_available,
             queue_slots,
+            oldest_transaction,
+            oldest_xmin,
             configured: Mutex::new(Vec::new()),
             pool: Mutex::new(None),
             listener: Mutex::new(None),

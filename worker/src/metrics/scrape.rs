@@ -19,6 +19,7 @@ impl Metrics {
     /// Refreshes the scrape-time values and renders every metric as OpenMetrics text.
     pub async fn render(&self) -> String {
         self.refresh_depth().await;
+        self.refresh_oldest_transaction().await;
         let listener = self.listener.lock().expect("metrics lock").clone();
         if let Some(stats) = listener {
             // The first connect is not a reconnect.
@@ -87,6 +88,18 @@ impl Metrics {
             let p = PoolLabel { pool: name.into() };
             self.pool_max.get_or_create(&p).set(int(status.max_size));
             self.pool_waiting.get_or_create(&p).set(int(status.waiting));
+        }
+    }
+
+    async fn refresh_oldest_transaction(&self) {
+        let pool = self.pool.lock().expect("metrics lock").clone();
+        let Some(pool) = pool else { return };
+        match crate::db::probe::oldest_transaction(&pool).await {
+            Ok(t) => {
+                self.oldest_transaction.set(t.age_seconds);
+                self.oldest_xmin.set(t.xmin_age);
+            }
+            Err(e) => tracing::warn!(error = %e, "oldest transaction query failed during a scrape"),
         }
     }
 

@@ -14,6 +14,7 @@ use super::Shared;
 use super::periodic::{PeriodicTask, TaskBoard, Trigger, drive};
 use crate::db::{self, DbPool};
 use crate::job::JobState;
+use crate::observability::condition::{Condition, Report};
 
 /// Rows one activation touches at most.
 const BATCH: i64 = 1000;
@@ -60,6 +61,10 @@ pub(crate) fn spawn_all(
         pool: pool.clone(),
         worker_id: worker_id.clone(),
         reindex_interval: config.reindex_interval,
+    });
+    start!(TransactionWatch {
+        pool: pool.clone(),
+        held: Condition::new("a long transaction"),
     });
     start!(StaleWorkerSweep {
         pool: pool.clone(),
@@ -266,5 +271,52 @@ impl PeriodicTask for Reindexer {
                 self.reindex_interval
             )
         }))
+    }
+}
+
+/// A transaction open longer than this in the queue's database is worth a WARN: vacuum cannot
+/// remove the dead rows it can still see, so every claim steps over more of them.
+pub(crate) const LONG_TRANSACTION: Duration = Duration::from_secs(60);
+
+/// WARNs (once, then every 30 s with the count) while another session holds a transaction open
+/// for longer than [`LONG_TRANSACTION`], naming it; one INFO when it ends. The age is also
+/// exported as `lettuce_db_oldest_transaction_age_seconds`.
+pub(crate) struct TransactionWatch {
+    pool: DbPool,
+    held: Condition,
+}
+
+impl PeriodicTask for TransactionWatch {
+    fn name(&self) -> &'static str {
+        "transaction-watch"
+    }
+    fn interval(&self) -> Duration {
+        Duration::from_secs(10)
+    }
+    async fn activate(&mut self) -> Result<Option<String>, String> {
+        let t = db::probe::oldest_transaction(&self.pool)
+            .await
+            .map_err(|e| e.to_string())?;
+        let now = std::time::Instant::now();
+        if t.age_seconds < LONG_TRANSACTION.as_secs_f64() {
+            if let Report::Cleared { lasted, .. } = self.held.ok_at(now) {
+                tracing::info!(
+                    watched_for_s = lasted.as_secs(),
+                    "the long transaction holding back vacuum of the queue has ended"
+                );
+            }
+            return Ok(None);
+        }
+        if matches!(self.held.failed_at(now), Report::Started | Report::Lasting { .. }) {
+            tracing::warn!(
+                pid = t.pid,
+                application_name = t.application_name.as_deref().unwrap_or(""),
+                open_for_s = t.age_seconds as u64,
+                xmin_age = t.xmin_age,
+                "a transaction has been open for over {} s: vacuum cannot remove lettuce.job_queue's dead rows while it lasts, so claims slow down; end it (pg_terminate_backend) if it is stuck",
+                LONG_TRANSACTION.as_secs()
+            );
+        }
+        Ok(None)
     }
 }
