@@ -303,6 +303,16 @@ async fn credentials_in_urls_are_never_printed() {
     }
 }
 
+/// The worker's `/metrics` text on `port`.
+async fn scrape(port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
@@ -329,12 +339,7 @@ async fn metrics_start_at_zero_and_show_the_oldest_waiting_job() {
         )
         .await
         .unwrap();
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(port).await;
     assert_eq!(
         sample(&text, "lettuce_queue_slots{queue=\"default\"}"),
         Some(3.0),
@@ -384,9 +389,7 @@ async fn the_runtime_counters_are_exported_and_count_a_cancel() {
     env.insert("LETTUCE_HTTP_ADDR".into(), format!("127.0.0.1:{port}"));
     let mut w = WorkerProcess::start(&["run"], &env);
     w.wait_ready(Duration::from_secs(30)).await;
-    let url = format!("http://127.0.0.1:{port}/metrics");
-    let scrape = || async { reqwest::get(&url).await.unwrap().text().await.unwrap() };
-    let text = scrape().await;
+    let text = scrape(port).await;
     for name in [
         "lettuce_jobs_rescued_total",
         "lettuce_late_writes_refused_total",
@@ -416,7 +419,8 @@ async fn the_runtime_counters_are_exported_and_count_a_cancel() {
         Duration::from_secs(20),
         "the cancel to be counted",
         || async {
-            (sample(&scrape().await, "lettuce_running_cancelled_total") == Some(1.0)).then_some(())
+            (sample(&scrape(port).await, "lettuce_running_cancelled_total") == Some(1.0))
+                .then_some(())
         },
     )
     .await;
@@ -827,21 +831,13 @@ async fn metrics_show_the_oldest_transaction_another_session_holds_open() {
     env.insert("LETTUCE_HTTP_ADDR".into(), format!("127.0.0.1:{port}"));
     let mut w = WorkerProcess::start(&["run"], &env);
     w.wait_ready(Duration::from_secs(30)).await;
-    let scrape = || async {
-        reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
     let holder = db.client().await;
     holder
         .batch_execute("BEGIN; SELECT txid_current();")
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(2000)).await;
-    let text = scrape().await;
+    let text = scrape(port).await;
     let age = sample(&text, "lettuce_db_oldest_transaction_age_seconds").expect("the gauge");
     assert!(
         (1.9..60.0).contains(&age),
@@ -852,7 +848,7 @@ async fn metrics_show_the_oldest_transaction_another_session_holds_open() {
         "{text}"
     );
     holder.batch_execute("COMMIT").await.unwrap();
-    let text = scrape().await;
+    let text = scrape(port).await;
     let age = sample(&text, "lettuce_db_oldest_transaction_age_seconds").expect("the gauge");
     assert!(age < 1.0, "after COMMIT the gauge says {age}");
     w.signal(libc::SIGTERM);

@@ -1,7 +1,9 @@
 //! The maintenance tasks every worker runs: the rescuer (expired leases), the pruner (finished
 //! jobs past retention), the scheduled reindex (repositories not indexed for
-//! `LETTUCE_REINDEX_INTERVAL`) and the stale-worker sweep. Each statement uses `SKIP LOCKED` or is a
-//! plain idempotent delete, so running them on every replica is safe.
+//! `LETTUCE_REINDEX_INTERVAL`), the stale-worker sweep (which rescues the jobs of the rows it
+//! removes) and the transaction watch (a WARN while a long transaction holds back vacuum). Each
+//! statement uses `SKIP LOCKED`, is a plain idempotent delete or only reads, so running them on
+//! every replica is safe.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
