@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tree_sitter::{Node, ParseOptions, Parser, Point};
 
 use super::record::{Kind, Language, Symbol};
+use super::visited::{Visited, visited_kinds};
 
 /// Longest name kept, in bytes; a longer "name" is not one (skipped).
 const MAX_NAME_BYTES: usize = 1024;
@@ -29,11 +30,12 @@ pub enum Parsed {
     Cancelled,
 }
 
-/// One `tree_sitter::Parser` per language, created on first use and reused for every file.
+/// One `tree_sitter::Parser` per language, created on first use and reused for every file,
+/// with the language's [`Visited`] table.
 #[derive(Default)]
 pub struct Parsers {
     /// `None`: the grammar failed to load once; it is not tried again.
-    parsers: HashMap<Language, Option<Parser>>,
+    parsers: HashMap<Language, Option<(Parser, Visited)>>,
 }
 
 fn grammar(language: Language) -> Option<tree_sitter::Language> {
@@ -50,14 +52,14 @@ fn grammar(language: Language) -> Option<tree_sitter::Language> {
 }
 
 impl Parsers {
-    fn parser(&mut self, language: Language) -> Option<&mut Parser> {
+    fn parser(&mut self, language: Language) -> Option<&mut (Parser, Visited)> {
         self.parsers
             .entry(language)
             .or_insert_with(|| {
                 let grammar = grammar(language)?;
                 let mut parser = Parser::new();
                 parser.set_language(&grammar).ok()?;
-                Some(parser)
+                Some((parser, Visited::new(&grammar, visited_kinds(language))))
             })
             .as_mut()
     }
@@ -72,7 +74,7 @@ impl Parsers {
         timeout: Option<Duration>,
         cancel: &dyn Fn() -> bool,
     ) -> Parsed {
-        let Some(parser) = self.parser(language) else {
+        let Some((parser, visited)) = self.parser(language) else {
             return Parsed::Failed;
         };
         let started = Instant::now();
@@ -104,7 +106,7 @@ impl Parsers {
             };
         };
         match catch_unwind(AssertUnwindSafe(|| {
-            walk(language, tree.root_node(), content)
+            walk(language, tree.root_node(), content, visited)
         })) {
             Ok(symbols) => Parsed::Symbols(symbols),
             Err(_) => Parsed::Failed,
@@ -186,7 +188,7 @@ impl<'a> Walk<'a> {
     }
 }
 
-fn walk(language: Language, root: Node, src: &[u8]) -> Vec<Symbol> {
+fn walk(language: Language, root: Node, src: &[u8], visited: &Visited) -> Vec<Symbol> {
     let visit: fn(&mut Walk, Node, usize) -> Opens = match language {
         Language::Rust => rust,
         Language::Python => python,
@@ -207,7 +209,9 @@ fn walk(language: Language, root: Node, src: &[u8]) -> Vec<Symbol> {
         while w.scopes.last().is_some_and(|s| s.depth >= depth) {
             w.scopes.pop();
         }
-        if let Some((name, kind)) = visit(&mut w, node, depth) {
+        if visited.get(node)
+            && let Some((name, kind)) = visit(&mut w, node, depth)
+        {
             w.scopes.push(Scope { name, kind, depth });
         }
         if cursor.goto_first_child() {

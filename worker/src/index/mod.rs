@@ -78,13 +78,19 @@
 //! memory and spills the previous symbol lines, uncompressed, to an unlinked temporary file
 //! with one byte span per path, so memory does not grow with the number of symbols and no
 //! order of the entries is assumed (a previous symbols file must only keep each path's lines
-//! together, as [`index`] writes them). Memory while indexing: one file's content, its tree
-//! and symbols, one parser per language, plus that map.
+//! together, as [`index`] writes them).
+//!
+//! # Threads and memory
+//! Blob reads, classification and the writes happen on the calling thread, in entry order;
+//! parsing runs on [`Options::threads`] parser threads, at most four files per thread in
+//! flight (`pipeline`). Memory while indexing: those files' contents, trees and symbols, one
+//! parser per language and thread, plus the previous index's map.
 //!
 //! # Cancellation and errors
-//! `cancel()` is polled before every entry and from tree-sitter's progress callback during a
-//! parse; when it says stop, [`index`] deletes both output files and returns
-//! [`IndexError::Cancelled`]. Any error likewise leaves no output file behind.
+//! `cancel()` is polled (on the calling thread) before every entry and every 25 ms while a
+//! parse is awaited; a stop reaches the parser threads through tree-sitter's progress
+//! callback. When it says stop, [`index`] joins its threads, deletes both output files and
+//! returns [`IndexError::Cancelled`]. Any error likewise leaves no output file behind.
 
 // Parts of this API are used only by the integration tests and benchmarks in `xtests/`
 // (which build with the `testing` feature).
@@ -92,10 +98,12 @@
 
 mod classify;
 mod extract;
+mod pipeline;
 mod previous;
 mod record;
 #[cfg(test)]
 mod tests;
+mod visited;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -107,7 +115,7 @@ pub use previous::Previous;
 pub use record::{FileRecord, Kind, Language, Reason, SymbolRecord};
 
 use classify::{MODE_SUBMODULE, MODE_SYMLINK};
-use extract::{Parsed, Parsers};
+use pipeline::Done;
 use previous::CopyError;
 use record::SymbolLine;
 
@@ -142,6 +150,9 @@ pub struct Options {
     pub parse_timeout: Option<Duration>,
     /// zstd level of the outputs. Default 3.
     pub zstd_level: i32,
+    /// Parser threads (the calling thread reads blobs and writes, in entry order). Default:
+    /// the cores this process may use, at most 8.
+    pub threads: usize,
 }
 
 impl Default for Options {
@@ -150,6 +161,7 @@ impl Default for Options {
             max_file_bytes: 1 << 20,
             parse_timeout: Some(Duration::from_secs(10)),
             zstd_level: 3,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
         }
     }
 }
@@ -200,6 +212,10 @@ pub enum IndexError {
         line: u64,
         detail: String,
     },
+    #[error("starting the parser threads: {0}")]
+    Threads(#[source] io::Error),
+    #[error("a parser thread stopped unexpectedly")]
+    ParserGone,
     #[error("reading the blob of {path}: {source}")]
     Blob {
         path: String,
@@ -314,65 +330,30 @@ pub fn index(
         paths: [&files_path, &symbols_path],
         armed: true,
     };
-    let mut files = Lines::create(files_path.clone(), options.zstd_level)?;
-    let mut symbols = Lines::create(symbols_path.clone(), options.zstd_level)?;
-    let mut parsers = Parsers::default();
-    let mut counts: BTreeMap<String, LanguageCounts> = BTreeMap::new();
-    let (mut parsed, mut carried, mut bytes_parsed) = (0u64, 0u64, 0u64);
-
-    for entry in entries {
-        if cancel() {
-            return Err(IndexError::Cancelled);
-        }
-        let carry = previous.and_then(|p| {
-            p.get(&entry.path)
-                .filter(|f| *f.blob == *entry.blob)
-                .filter(|f| sort_of_reason(f.reason) == sort_of_mode(entry.mode))
-                .map(|f| (p, f))
-        });
-        let (record, symbol_count) = if let Some((previous, file)) = carry {
-            let before = symbols.count;
-            previous
-                .copy_symbols(file, &mut symbols.encoder)
-                .map_err(|e| match e {
-                    CopyError::Spill(path, source) => IndexError::Io { path, source },
-                    CopyError::Out(source) => symbols.error(source),
-                })?;
-            symbols.count = before + file.symbols;
-            carried += 1;
-            (file.record(&entry.path), file.symbols)
-        } else {
-            let (record, found) = classify_and_parse(&entry, blobs, &mut parsers, options, cancel)?;
-            if record.parsed {
-                bytes_parsed += record.size;
-            }
-            for symbol in &found {
-                symbols.write(&SymbolLine {
-                    path: &record.path,
-                    name: &symbol.name,
-                    kind: symbol.kind,
-                    line: symbol.line,
-                    column: symbol.column,
-                    enclosing: symbol.enclosing.as_deref(),
-                })?;
-            }
-            (record, found.len() as u64)
-        };
-        if record.parsed {
-            parsed += 1;
-        }
-        if let Some(language) = record.language {
-            let c = counts.entry(language.name().to_string()).or_default();
-            c.files += 1;
-            c.parsed += u64::from(record.parsed);
-            c.symbols += symbol_count;
-            c.bytes += record.size;
-        }
-        files.write(&record)?;
-    }
+    let mut sink = Sink {
+        files: Lines::create(files_path.clone(), options.zstd_level)?,
+        symbols: Lines::create(symbols_path.clone(), options.zstd_level)?,
+        previous,
+        counts: BTreeMap::new(),
+        parsed: 0,
+        carried: 0,
+        bytes_parsed: 0,
+    };
+    pipeline::run(entries, blobs, previous, options, cancel, &mut |done| {
+        sink.write(done)
+    })?;
     if cancel() {
         return Err(IndexError::Cancelled);
     }
+    let Sink {
+        files,
+        symbols,
+        counts,
+        parsed,
+        carried,
+        bytes_parsed,
+        ..
+    } = sink;
     let (files_count, symbols_count) = (files.count, symbols.count);
     files.finish()?;
     symbols.finish()?;
@@ -390,71 +371,60 @@ pub fn index(
     })
 }
 
-/// The record (and definitions) of an entry not carried from a previous index.
-fn classify_and_parse(
-    entry: &Entry,
-    blobs: &mut dyn Blobs,
-    parsers: &mut Parsers,
-    options: &Options,
-    cancel: &dyn Fn() -> bool,
-) -> Result<(FileRecord, Vec<record::Symbol>), IndexError> {
-    let mut record = FileRecord {
-        path: entry.path.clone(),
-        language: classify::language(&entry.path),
-        size: entry.size,
-        blob: entry.blob.clone(),
-        lines: None,
-        parsed: false,
-        reason: None,
-    };
-    let unread = if let Some(sort) = sort_of_mode(entry.mode) {
-        record.language = None;
-        Some(sort)
-    } else if classify::vendored(&entry.path) {
-        Some(Reason::Vendored)
-    } else if classify::generated_name(&entry.path) {
-        Some(Reason::Generated)
-    } else if entry.size > options.max_file_bytes {
-        Some(Reason::TooLarge)
-    } else {
-        None
-    };
-    if unread.is_some() {
-        record.reason = unread;
-        return Ok((record, Vec::new()));
-    }
-    let content = blobs
-        .read(&entry.blob, entry.size)
-        .map_err(|source| IndexError::Blob {
-            path: entry.path.clone(),
-            source,
-        })?;
-    if content.len() as u64 > options.max_file_bytes {
-        record.reason = Some(Reason::TooLarge);
-        return Ok((record, Vec::new()));
-    }
-    if classify::binary(&content) {
-        record.reason = Some(Reason::Binary);
-        return Ok((record, Vec::new()));
-    }
-    record.lines = Some(classify::count_lines(&content));
-    if classify::generated_marker(&content) {
-        record.reason = Some(Reason::Generated);
-        return Ok((record, Vec::new()));
-    }
-    let Some(language) = record.language.filter(|l| l.parsed()) else {
-        record.reason = Some(Reason::UnsupportedLanguage);
-        return Ok((record, Vec::new()));
-    };
-    match parsers.parse(language, &content, options.parse_timeout, cancel) {
-        Parsed::Symbols(found) => {
-            record.parsed = true;
-            Ok((record, found))
+/// The two writers and the running counts, fed one entry at a time in entry order.
+struct Sink<'p> {
+    files: Lines,
+    symbols: Lines,
+    previous: Option<&'p Previous>,
+    counts: BTreeMap<String, LanguageCounts>,
+    parsed: u64,
+    carried: u64,
+    bytes_parsed: u64,
+}
+
+impl Sink<'_> {
+    fn write(&mut self, done: Done<'_>) -> Result<(), IndexError> {
+        let (record, symbol_count) = match done {
+            Done::Carried(record, file) => {
+                let previous = self.previous.expect("a carried entry has a previous index");
+                let before = self.symbols.count;
+                previous
+                    .copy_symbols(file, &mut self.symbols.encoder)
+                    .map_err(|e| match e {
+                        CopyError::Spill(path, source) => IndexError::Io { path, source },
+                        CopyError::Out(source) => self.symbols.error(source),
+                    })?;
+                self.symbols.count = before + file.symbols;
+                self.carried += 1;
+                (record, file.symbols)
+            }
+            Done::Fresh(record, found) => {
+                if record.parsed {
+                    self.bytes_parsed += record.size;
+                }
+                for symbol in &found {
+                    self.symbols.write(&SymbolLine {
+                        path: &record.path,
+                        name: &symbol.name,
+                        kind: symbol.kind,
+                        line: symbol.line,
+                        column: symbol.column,
+                        enclosing: symbol.enclosing.as_deref(),
+                    })?;
+                }
+                (record, found.len() as u64)
+            }
+        };
+        if record.parsed {
+            self.parsed += 1;
         }
-        Parsed::Failed => {
-            record.reason = Some(Reason::ParseError);
-            Ok((record, Vec::new()))
+        if let Some(language) = record.language {
+            let c = self.counts.entry(language.name().to_string()).or_default();
+            c.files += 1;
+            c.parsed += u64::from(record.parsed);
+            c.symbols += symbol_count;
+            c.bytes += record.size;
         }
-        Parsed::Cancelled => Err(IndexError::Cancelled),
+        self.files.write(&record)
     }
 }

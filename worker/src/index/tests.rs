@@ -823,3 +823,77 @@ fn garbage_in_any_language_never_fails_the_index() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn every_visited_kind_is_a_node_kind_of_its_grammar() {
+    // A misspelt kind would silently never reach its rule.
+    let grammars = |language: Language| -> Vec<tree_sitter::Language> {
+        match language {
+            Language::Rust => vec![tree_sitter_rust::LANGUAGE.into()],
+            Language::Python => vec![tree_sitter_python::LANGUAGE.into()],
+            Language::Go => vec![tree_sitter_go::LANGUAGE.into()],
+            Language::Java => vec![tree_sitter_java::LANGUAGE.into()],
+            _ => vec![
+                tree_sitter_javascript::LANGUAGE.into(),
+                tree_sitter_typescript::LANGUAGE_TYPESCRIPT.into(),
+                tree_sitter_typescript::LANGUAGE_TSX.into(),
+            ],
+        }
+    };
+    for language in [
+        Language::Rust,
+        Language::Python,
+        Language::Go,
+        Language::JavaScript,
+        Language::Java,
+    ] {
+        let kinds = super::visited::visited_kinds(language);
+        assert!(!kinds.is_empty(), "{language:?}");
+        for kind in kinds {
+            let found = grammars(language).iter().any(|g| {
+                (0..g.node_kind_count())
+                    .any(|id| g.node_kind_for_id(id as u16) == Some(kind))
+            });
+            assert!(found, "{language:?}: {kind} is no node kind of its grammar");
+        }
+    }
+}
+
+#[test]
+fn parser_threads_write_the_same_outputs_in_entry_order_as_one() {
+    let mut repo = Repo::default();
+    for i in 0..200 {
+        let body: String = (0..(i % 7) * 40)
+            .map(|j| format!("fn f{i}_{j}() {{ let x = {j}; }}\n"))
+            .collect();
+        repo.file(&format!("src/m{i:03}.rs"), &format!("pub struct S{i};\n{body}"));
+        repo.file(&format!("py/m{i:03}.py"), &format!("class C{i}:\n    def m(self): pass\n"));
+        repo.file(&format!("doc/{i:03}.md"), "# not parsed\n");
+    }
+    let run = |threads: usize, name: &str| {
+        let dir = tempdir(name);
+        let mut repo = repo.clone();
+        let entries = repo.entries.clone();
+        let options = Options {
+            threads,
+            ..Options::default()
+        };
+        let out = index(entries, &mut repo, None, &dir, &options, &|| false).unwrap();
+        let files = zstd::decode_all(std::fs::File::open(&out.files_path).unwrap()).unwrap();
+        let symbols = zstd::decode_all(std::fs::File::open(&out.symbols_path).unwrap()).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        (out.symbols, files, symbols)
+    };
+    let one = run(1, "threads-1");
+    let four = run(4, "threads-4");
+    assert!(one.0 > 2_000, "{} symbols", one.0);
+    assert_eq!(one, four);
+    // Entry order: the files listing follows the entries.
+    let paths: Vec<String> = String::from_utf8(one.1)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["path"].as_str().unwrap().to_string())
+        .collect();
+    let expected: Vec<String> = repo.entries.iter().map(|e| e.path.clone()).collect();
+    assert_eq!(paths, expected);
+}
