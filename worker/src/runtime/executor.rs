@@ -1,10 +1,15 @@
-//! Runs one attempt: the handler in its own task (so a panic is an outcome, not a crash),
-//! bounded by its timeout, cut short by cancellation. Hands the outcome to the completer.
+//! Runs one attempt: the handler inside the attempt's task under `catch_unwind` (so a panic
+//! is an outcome, not a crash, and no second task is spawned per job), bounded by its timeout,
+//! cut short by cancellation (the handler's future is dropped). Hands the outcome to the
+//! completer.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use futures_util::FutureExt;
+use serde_json::Value;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
@@ -40,6 +45,8 @@ pub(crate) fn spawn(shared: &Arc<Shared>, mut job: ClaimedJob, permit: OwnedSema
         },
     );
     let s = shared.clone();
+    // The handler takes the payload; nothing after the attempt reads it.
+    let payload = std::mem::take(&mut job.payload);
     let pickup = (job.attempted_at - job.run_at).max(time::Duration::ZERO);
     shared
         .metrics
@@ -53,7 +60,11 @@ pub(crate) fn spawn(shared: &Arc<Shared>, mut job: ClaimedJob, permit: OwnedSema
                 tracing::error!(job.id = job.id, job.kind = %job.kind, problem = %problem, "job row cannot be decoded; discarding it");
                 Some(Outcome::Discard { error: problem.clone() })
             }
-            None => run_attempt(&s, &job, cancel, &lost).instrument(span.clone()).await,
+            None => {
+                run_attempt(&s, &job, payload, cancel, &lost)
+                    .instrument(span.clone())
+                    .await
+            }
         };
         let by_operator = cancelled.load(Ordering::Acquire);
         let label = match &outcome {
@@ -111,6 +122,7 @@ pub(crate) fn spawn(shared: &Arc<Shared>, mut job: ClaimedJob, permit: OwnedSema
 async fn run_attempt(
     shared: &Shared,
     job: &ClaimedJob,
+    payload: Value,
     cancel: tokio_util::sync::CancellationToken,
     lost: &AtomicBool,
 ) -> Option<Outcome> {
@@ -133,24 +145,19 @@ async fn run_attempt(
         cancel.clone(),
         shared.services.clone(),
     );
-    // The handler's own spans (HTTP, S3) nest under the attempt's span.
-    let mut task = tokio::spawn(
-        handler
-            .call(ctx.clone(), job.payload.clone())
-            .in_current_span(),
-    );
+    // The handler's own spans (HTTP, S3) nest under the attempt's span (the caller instruments
+    // this future). Dropped when the timeout or the cancellation wins: that stops the handler
+    // at its next await, as aborting a task would.
+    let call = AssertUnwindSafe(handler.call(ctx.clone(), payload)).catch_unwind();
     let outcome = tokio::select! {
-        joined = &mut task => match joined {
+        result = call => match result {
             Ok(result) => Outcome::from_result(result, ctx.take_artifacts()).with_indexed(ctx.take_indexed()),
-            Err(e) if e.is_panic() => Outcome::Retry { error: format!("panic: {}", super::supervise::panic_text(e.into_panic())) },
-            Err(e) => Outcome::Retry { error: format!("attempt aborted: {e}") },
+            Err(panic) => Outcome::Retry { error: format!("panic: {}", super::supervise::panic_text(panic)) },
         },
         _ = tokio::time::sleep(timeout) => {
-            task.abort();
             Outcome::Retry { error: format!("timeout: attempt exceeded {} ms", timeout.as_millis()) }
         }
         _ = cancel.cancelled() => {
-            task.abort();
             if lost.load(Ordering::Acquire) {
                 return None;
             }
