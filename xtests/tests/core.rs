@@ -223,6 +223,126 @@ async fn enqueue_function_dedupes_unique_keys_and_notifies_on_commit() {
     );
 }
 
+/// `lettuce.enqueue_many`: one statement, ids in the payloads' order, one NOTIFY on commit, and a
+/// job beyond a limit refuses the whole call naming its position (nothing inserted).
+#[tokio::test(flavor = "multi_thread")]
+async fn enqueue_many_function_inserts_in_order_with_one_notify_and_refuses_a_bad_job_whole() {
+    let db = TestDb::new().await;
+    let (code, _, err) = run_worker(&["schema", "apply"], &db.env());
+    assert_eq!(code, 0, "{err}");
+    let (listener, mut conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            if let AsyncMessage::Notification(n) = m {
+                let _ = tx.send(n.payload().to_string());
+            }
+        }
+    });
+    listener.batch_execute("LISTEN lettuce_jobs").await.unwrap();
+
+    let mut client = db.client().await;
+    let t = client.transaction().await.unwrap();
+    let ids: Vec<i64> = t
+        .query(
+            "SELECT * FROM lettuce.enqueue_many('k.many',
+                 (SELECT array_agg(jsonb_build_object('i', i) ORDER BY i) FROM generate_series(1, 500) i),
+                 queue => 'q2', priority => 3)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids.len(), 500);
+    t.commit().await.unwrap();
+    let rows = client
+        .query(
+            "SELECT id, (payload->>'i')::int, queue, priority, state, max_attempts
+               FROM lettuce.jobs WHERE kind = 'k.many' ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 500);
+    for (n, r) in rows.iter().enumerate() {
+        assert_eq!(
+            r.get::<_, i64>(0),
+            ids[n],
+            "ids come back in the payloads' order"
+        );
+        assert_eq!(r.get::<_, i32>(1), n as i32 + 1);
+        assert_eq!(r.get::<_, String>(2), "q2");
+        assert_eq!(r.get::<_, i16>(3), 3);
+        assert_eq!(r.get::<_, String>(4), "available");
+        assert_eq!(r.get::<_, i32>(5), 5);
+    }
+    let first = tokio::time::timeout(LIMIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, "q2");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .is_err(),
+        "one NOTIFY for the statement"
+    );
+
+    // A future run_at makes them scheduled.
+    let later: i64 = xtests::scalar(
+        &client,
+        "SELECT count(*) FROM lettuce.enqueue_many('k.later', ARRAY['{}', '{}']::jsonb[],
+                                                   run_at => now() + interval '1 hour')",
+    )
+    .await;
+    assert_eq!(later, 2);
+    let scheduled: i64 = xtests::scalar(
+        &client,
+        "SELECT count(*) FROM lettuce.jobs WHERE kind = 'k.later' AND state = 'scheduled'",
+    )
+    .await;
+    assert_eq!(scheduled, 2);
+
+    // Bad input: the first offending job's position and the limit; nothing of the call stays.
+    for (sql, expected) in [
+        (
+            "SELECT * FROM lettuce.enqueue_many('k.bad', ARRAY['{}', '{\"n\": 1e400}']::jsonb[])",
+            "job 2: payload numbers must fit a 64-bit float",
+        ),
+        (
+            "SELECT * FROM lettuce.enqueue_many('k.bad', ARRAY['{}', '{}']::jsonb[], max_attempts => 0)",
+            "job 1: max_attempts must be between 1 and 1000",
+        ),
+        (
+            "SELECT * FROM lettuce.enqueue_many('k.bad', ARRAY['{}']::jsonb[], queue => 'no spaces')",
+            "job 1: queue must match",
+        ),
+        (
+            "SELECT * FROM lettuce.enqueue_many('k.bad', ARRAY['{}']::jsonb[], priority => 40000)",
+            "priority must be between -32768 and 32767",
+        ),
+    ] {
+        let err = client.query(sql, &[]).await.unwrap_err();
+        let db_err = err.as_db_error().expect("a database error");
+        assert_eq!(db_err.code().code(), "22023", "{sql}");
+        assert!(
+            db_err.message().contains(expected),
+            "{sql}: {}",
+            db_err.message()
+        );
+    }
+    let bad: i64 = xtests::scalar(
+        &client,
+        "SELECT count(*) FROM lettuce.jobs WHERE kind = 'k.bad'",
+    )
+    .await;
+    assert_eq!(bad, 0);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn rust_batch_api_enqueues_inside_the_callers_transaction() {
     let db = TestDb::new().await;

@@ -437,6 +437,9 @@ fn next_revision() -> Vec<(String, String)> {
         .statements
         .iter()
         .map(|(name, sql)| {
+            if !name.starts_with("0004") {
+                return (name.to_string(), sql.to_string());
+            }
             let marked = sql.replacen(
                 "#variable_conflict use_column",
                 "#variable_conflict use_column\n-- next revision marker",
