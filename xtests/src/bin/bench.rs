@@ -521,26 +521,48 @@ impl Bench {
     async fn enqueue(&self, report: &mut Report) -> Result<()> {
         let n = self.opts.jobs;
         let mut sql = Vec::new();
+        let mut sql_many = Vec::new();
+        let mut insert = Vec::new();
         let mut rust = Vec::new();
         let mut peer = Vec::new();
+        // One statement each, timed on a fresh database: per-row lettuce.enqueue, the set-based
+        // lettuce.enqueue_many and, as their limit, a plain INSERT ... SELECT of the same rows.
+        async fn one_statement(sql: &str, n: i64) -> Result<f64> {
+            let (_db, c) = fresh_db(true).await?;
+            settle(&c).await?;
+            let start = Instant::now();
+            c.execute(sql, &[&n]).await?;
+            Ok(n as f64 / start.elapsed().as_secs_f64())
+        }
         for round in 0..self.opts.rounds {
-            let mut turns = vec!["sql", "rust", "graphile"];
+            let mut turns = vec!["sql", "sql_many", "insert", "rust", "graphile"];
             if round % 2 == 1 {
                 turns.reverse();
             }
             for t in turns {
                 match t {
-                    "sql" => {
-                        let (_db, c) = fresh_db(true).await?;
-                        settle(&c).await?;
-                        let start = Instant::now();
-                        c.query_one(
+                    "sql" => sql.push(
+                        one_statement(
                             "SELECT count(lettuce.enqueue('diag.noop')) FROM generate_series(1, $1::int8)",
-                            &[&n],
+                            n,
                         )
-                        .await?;
-                        sql.push(n as f64 / start.elapsed().as_secs_f64());
-                    }
+                        .await?,
+                    ),
+                    "sql_many" => sql_many.push(
+                        one_statement(
+                            "SELECT count(*) FROM lettuce.enqueue_many('diag.noop',
+                                 (SELECT array_agg('{}'::jsonb) FROM generate_series(1, $1::int8)))",
+                            n,
+                        )
+                        .await?,
+                    ),
+                    "insert" => insert.push(
+                        one_statement(
+                            "INSERT INTO lettuce.job_queue (kind) SELECT 'diag.noop' FROM generate_series(1, $1::int8)",
+                            n,
+                        )
+                        .await?,
+                    ),
                     "rust" => {
                         let (_db, c) = fresh_db(true).await?;
                         settle(&c).await?;
@@ -570,6 +592,18 @@ impl Bench {
         )?;
         writeln!(
             body,
+            "| `SELECT lettuce.enqueue_many('diag.noop', <array of {n} payloads>)` | {} | {} |",
+            fmt_rate(median(&sql_many)),
+            spread(&sql_many)
+        )?;
+        writeln!(
+            body,
+            "| plain `INSERT INTO lettuce.job_queue (kind) SELECT … FROM generate_series(1, {n})`, the limit | {} | {} |",
+            fmt_rate(median(&insert)),
+            spread(&insert)
+        )?;
+        writeln!(
+            body,
             "| `lettuce_worker::enqueue_many` (INSERT … unnest), chunks of 5,000 | {} | {} |",
             fmt_rate(median(&rust)),
             spread(&rust)
@@ -582,6 +616,12 @@ impl Bench {
                 spread(&peer)
             )?;
         }
+        writeln!(
+            body,
+            "\n÷ plain INSERT … SELECT: per-row `lettuce.enqueue` **{:.2}**, `lettuce.enqueue_many` **{:.2}** (target ≥ 0.50)",
+            median(&sql) / median(&insert),
+            median(&sql_many) / median(&insert)
+        )?;
         report.add("Enqueue", body);
         Ok(())
     }
