@@ -640,6 +640,79 @@ async fn every_outcome_is_recorded() {
     w.stop().await.unwrap();
 }
 
+/// `LETTUCE_JOB_RETENTION=completed=0`: a success deletes the job (no history row, a count per
+/// hour and worker instead), a failure still lands in the history, and the heartbeat's figures
+/// count both as with the default retention.
+#[tokio::test(flavor = "multi_thread")]
+async fn completed_retention_zero_deletes_successes_keeps_failures_and_the_heartbeat_counts_both() {
+    let db = TestDb::new().await;
+    let mut env = db.env();
+    env.insert(
+        "LETTUCE_JOB_RETENTION".into(),
+        "completed=0,discarded=7d".into(),
+    );
+    let w = InProcessWorker::start(&env).await;
+    let client = db.client().await;
+    let noops: i64 = xtests::scalar(
+        &client,
+        "SELECT count(*) FROM lettuce.enqueue_many('diag.noop',
+             (SELECT array_agg('{}'::jsonb) FROM generate_series(1, 40)))",
+    )
+    .await;
+    assert_eq!(noops, 40);
+    let flaky: i64 = xtests::scalar(
+        &client,
+        "SELECT lettuce.enqueue('diag.fail', '{\"times\": 1}', max_attempts => 3)",
+    )
+    .await;
+    let doomed: i64 = xtests::scalar(
+        &client,
+        "SELECT lettuce.enqueue('diag.fail', '{\"times\": 9}', max_attempts => 1)",
+    )
+    .await;
+    let (state, attempts, _) = wait_final(&client, doomed, LIMIT).await;
+    assert_eq!(
+        (state.as_str(), attempts),
+        ("discarded", 1),
+        "a failure is kept"
+    );
+    eventually(LIMIT, "the queue to empty", || async {
+        let left: i64 = xtests::scalar(&client, "SELECT count(*) FROM lettuce.job_queue").await;
+        (left == 0).then_some(())
+    })
+    .await;
+    let kept: i64 = xtests::scalar(
+        &client,
+        &format!("SELECT count(*) FROM lettuce.jobs WHERE id = {flaky} OR kind = 'diag.noop'"),
+    )
+    .await;
+    assert_eq!(kept, 0, "no row is kept for a completed job");
+    let counted: i64 = xtests::scalar(
+        &client,
+        "SELECT coalesce(sum(n), 0)::int8 FROM lettuce.job_counts WHERE state = 'completed'",
+    )
+    .await;
+    assert_eq!(counted, 41);
+    let pool = lettuce_worker::db::pool_for_url(&db.url, 1).unwrap();
+    let figures = lettuce_worker::db::telemetry::figures(&pool).await.unwrap();
+    assert_eq!(
+        (figures.jobs_completed_24h, figures.jobs_failed_24h),
+        (41, 1)
+    );
+    w.stop().await.unwrap();
+
+    // The default retention on the same database: rows again, and the figures add up.
+    let w = InProcessWorker::start(&db.env()).await;
+    let id: i64 = xtests::scalar(&client, "SELECT lettuce.enqueue('diag.noop')").await;
+    assert_eq!(wait_final(&client, id, LIMIT).await.0, "completed");
+    let figures = lettuce_worker::db::telemetry::figures(&pool).await.unwrap();
+    assert_eq!(
+        (figures.jobs_completed_24h, figures.jobs_failed_24h),
+        (42, 1)
+    );
+    w.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn retries_back_off_exponentially() {
     let db = TestDb::new().await;

@@ -357,6 +357,9 @@ pub fn parse_queues(value: &str) -> Result<Vec<QueueConfig>, String> {
 /// A duration like `500ms`, `30s`, `15m`, `24h` or `7d`.
 pub fn parse_duration(value: &str) -> Option<Duration> {
     let value = value.trim();
+    if value == "0" {
+        return Some(Duration::ZERO);
+    }
     let split = value.find(|c: char| !c.is_ascii_digit())?;
     let (n, unit) = value.split_at(split);
     let n: u64 = n.parse().ok()?;

@@ -198,6 +198,16 @@ fn queues_and_retention_parse() {
     assert!(parse_retention("completed=soon").is_err());
     assert!(parse_retention("99999d").unwrap_err().contains("3650d"));
     assert!(parse_retention("completed=3650d").is_ok());
+    // Delete on success: `completed=0` (or `0s`), the rest kept as by default.
+    let r = parse_retention("completed=0").unwrap();
+    assert_eq!(
+        (r.completed, r.discarded),
+        (Duration::ZERO, Duration::from_secs(7 * 86_400))
+    );
+    assert_eq!(
+        parse_retention("completed=0s").unwrap().completed,
+        Duration::ZERO
+    );
     assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
 }
 

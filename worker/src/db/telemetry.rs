@@ -122,7 +122,9 @@ pub async fn figures(pool: &DbPool) -> Result<Figures, DbError> {
     let row = client
         .query_typed_one(
             "SELECT (SELECT count(*) FROM lettuce.workers),
-                    count(*) FILTER (WHERE state = 'completed'),
+                    count(*) FILTER (WHERE state = 'completed')
+                      + (SELECT coalesce(sum(n), 0)::int8 FROM lettuce.job_counts
+                          WHERE state = 'completed' AND hour > now() - interval '24 hours'),
                     count(*) FILTER (WHERE state = 'discarded')
                FROM lettuce.job_history
               WHERE state IN ('completed', 'discarded') AND finished_at >= now() - interval '24 hours'",

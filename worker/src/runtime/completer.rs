@@ -156,6 +156,7 @@ async fn write_part(
         let result = crate::db::jobs::complete_batch_with(
             &shared.pool,
             &shared.worker.id,
+            !shared.config.retention.completed.is_zero(),
             part,
             &arts,
             &indexed,

@@ -758,8 +758,14 @@ impl Bench {
                             span: None,
                         })
                         .collect();
-                    lettuce_worker::db::jobs::attempt::complete_batch(&pool, &me, &batch, &[])
-                        .await?;
+                    lettuce_worker::db::jobs::attempt::complete_batch(
+                        &pool,
+                        &me,
+                        true,
+                        &batch,
+                        &[],
+                    )
+                    .await?;
                 }
             }
         });

@@ -228,6 +228,39 @@ SELECT * FROM done
 RETURNING id"
 );
 
+/// FINISH_SQL when completed jobs are not kept (retention `completed=0`): a completed row is
+/// deleted from `job_queue` and only counted (`lettuce.job_counts`, per hour and worker, for the
+/// heartbeat's figures); discarded and cancelled rows still move to the history. Two row writes
+/// per successful job (the claim's HOT update, the delete) instead of three.
+const FINISH_DROPPING_COMPLETED_SQL: &str = concat!(
+    "
+WITH done AS (
+    DELETE FROM lettuce.job_queue j
+     USING (SELECT u.*, $6::text AS me, 'running'::text AS running
+              FROM unnest($1::int8[], $2::int4[], $3::text[], $4::text[], $5::bool[])
+                   AS u(id, attempt, state, error, restore)
+            OFFSET 0) u
+     WHERE ",
+    fence!(),
+    "
+    RETURNING j.id, j.kind, j.queue, j.payload, j.priority, u.state,
+              CASE WHEN u.restore THEN j.attempt - 1 ELSE j.attempt END, j.max_attempts, j.run_at,
+              j.created_at, j.attempted_at, now(), j.locked_by, NULL::timestamptz,
+              lettuce.append_error(j.errors, j.attempt, u.error), j.unique_key, j.traceparent
+), kept AS (
+    INSERT INTO lettuce.job_history (",
+    job_columns!(),
+    ")
+    SELECT * FROM done WHERE state <> 'completed'
+), counted AS (
+    INSERT INTO lettuce.job_counts (hour, worker_id, state, n)
+    SELECT date_trunc('hour', now()), $6::text, 'completed', count(*)
+      FROM done WHERE state = 'completed' HAVING count(*) > 0
+    ON CONFLICT (hour, worker_id, state) DO UPDATE SET n = lettuce.job_counts.n + EXCLUDED.n
+)
+SELECT id FROM done"
+);
+
 /// The other outcomes (retry, snooze, hand-back) keep the row in `job_queue`, updated in place.
 /// Same fence.
 const REQUEUE_SQL: &str = concat!(
@@ -253,44 +286,57 @@ RETURNING j.id"
 pub async fn complete_batch(
     pool: &DbPool,
     worker_id: &str,
+    keep_completed: bool,
     batch: &[Completion],
     artifacts: &[ArtifactRow],
 ) -> Result<Vec<i64>, DbError> {
-    complete_batch_with(pool, worker_id, batch, artifacts, &[]).await
+    complete_batch_with(pool, worker_id, keep_completed, batch, artifacts, &[]).await
 }
 
 /// Writes a batch of outcomes in one statement (plus artifact rows, the repository rows that
 /// completed `repo.index` jobs update ([`crate::db::repositories::record_index`]) and a wake-up
 /// NOTIFY in the same transaction when needed). Returns the ids whose write was accepted; the
 /// others were fenced off (rescued, cancelled or reassigned since the claim). Artifact and
-/// repository rows are written for accepted completions only.
+/// repository rows are written for accepted completions only. `keep_completed` false (retention
+/// `completed=0`): completed jobs leave no history row, only a count.
 pub async fn complete_batch_with(
     pool: &DbPool,
     worker_id: &str,
+    keep_completed: bool,
     batch: &[Completion],
     artifacts: &[ArtifactRow],
     indexed: &[RepositoryIndexed],
 ) -> Result<Vec<i64>, DbError> {
     // The span shows the statement that carries the batch: FINISH_SQL unless nothing finished.
     let shown = if batch.iter().any(|c| c.transition.to.is_final()) {
-        FINISH_SQL
+        finish_sql(keep_completed)
     } else {
         REQUEUE_SQL
     };
     let span =
         crate::observability::sql_span("db.complete_batch", "UPDATE", "lettuce.job_queue", shown);
     crate::observability::add_links(&span, batch.iter().filter_map(|c| c.span.as_ref()));
-    let result = complete_batch_sql(pool, worker_id, batch, artifacts, indexed)
+    let result = complete_batch_sql(pool, worker_id, keep_completed, batch, artifacts, indexed)
         .instrument(span.clone())
         .await;
     record_sql(&span, &result, |ids| ids.len());
     result
 }
 
-/// Runs FINISH_SQL or REQUEUE_SQL for one part of a batch; returns the accepted ids.
+fn finish_sql(keep_completed: bool) -> &'static str {
+    if keep_completed {
+        FINISH_SQL
+    } else {
+        FINISH_DROPPING_COMPLETED_SQL
+    }
+}
+
+/// Runs FINISH_SQL (or its dropping variant) or REQUEUE_SQL for one part of a batch; returns the
+/// accepted ids.
 async fn write_outcomes(
     client: &impl GenericClient,
     worker_id: &str,
+    keep_completed: bool,
     part: &[&Completion],
 ) -> Result<Vec<i64>, DbError> {
     if part.is_empty() {
@@ -315,7 +361,9 @@ async fn write_outcomes(
         (&delays, Type::FLOAT8_ARRAY),
     ];
     let rows = if part[0].transition.to.is_final() {
-        client.query_typed(FINISH_SQL, &params[..6]).await?
+        client
+            .query_typed(finish_sql(keep_completed), &params[..6])
+            .await?
     } else {
         client.query_typed(REQUEUE_SQL, &params).await?
     };
@@ -325,6 +373,7 @@ async fn write_outcomes(
 async fn complete_batch_sql(
     pool: &DbPool,
     worker_id: &str,
+    keep_completed: bool,
     batch: &[Completion],
     artifacts: &[ArtifactRow],
     indexed: &[RepositoryIndexed],
@@ -349,11 +398,11 @@ async fn complete_batch_sql(
         } else {
             &finished
         };
-        return write_outcomes(&**client, worker_id, part).await;
+        return write_outcomes(&**client, worker_id, keep_completed, part).await;
     }
     let tx = client.transaction().await?;
-    let mut accepted = write_outcomes(&*tx, worker_id, &finished).await?;
-    accepted.extend(write_outcomes(&*tx, worker_id, &requeued).await?);
+    let mut accepted = write_outcomes(&*tx, worker_id, keep_completed, &finished).await?;
+    accepted.extend(write_outcomes(&*tx, worker_id, keep_completed, &requeued).await?);
     let accepted_set: std::collections::HashSet<i64> = accepted.iter().copied().collect();
     let kept: Vec<&ArtifactRow> = artifacts
         .iter()

@@ -161,5 +161,13 @@ pub async fn prune(
              DELETE FROM lettuce.job_history j USING doomed WHERE j.id = doomed.id",
             params![ms(retention.completed), ms(retention.discarded), ms(retention.cancelled), limit])
         .await?;
+    // The counts of completed jobs kept without a row (retention `completed=0`) are read for
+    // 24 hours; two days of them are kept.
+    client
+        .execute_typed(
+            "DELETE FROM lettuce.job_counts WHERE hour < now() - interval '2 days'",
+            params![],
+        )
+        .await?;
     Ok(n)
 }
