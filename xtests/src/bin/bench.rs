@@ -631,14 +631,31 @@ impl Bench {
     /// Our worker: n jobs queued, then `procs` worker processes. Returns (jobs/s timed from the
     /// first "ready" to empty, jobs/s from the database's own timestamps, peak RSS KiB of the
     /// first worker).
-    async fn burn_ours(&self, procs: usize, via: Via) -> Result<(f64, f64, u64)> {
+    /// `keep_completed` false: the workers run with `LETTUCE_JOB_RETENTION=completed=0` (delete
+    /// on success; the database-timed figure is then the wall one).
+    async fn burn_ours(
+        &self,
+        procs: usize,
+        via: Via,
+        keep_completed: bool,
+    ) -> Result<(f64, f64, u64)> {
         let n = self.opts.jobs;
         let (db, c) = fresh_db(true).await?;
         enqueue_rust(&c, n, 5000).await?;
         settle(&c).await?;
         let mut workers = Vec::new();
         for _ in 0..procs {
-            workers.push(self.spawn_worker(&db, via)?);
+            let mut cmd = Command::new(&self.worker_bin);
+            cmd.arg("run").env_clear().envs(self.worker_env(&db, via));
+            for keep in ["PATH", "HOME"] {
+                if let Ok(v) = std::env::var(keep) {
+                    cmd.env(keep, v);
+                }
+            }
+            if !keep_completed {
+                cmd.env("LETTUCE_JOB_RETENTION", "completed=0");
+            }
+            workers.push(Proc::spawn(cmd, "worker ready")?);
         }
         let mut first_ready: Option<Instant> = None;
         for w in &mut workers {
@@ -653,7 +670,8 @@ impl Bench {
         }
         let r = c
             .query_one(
-                "SELECT count(*) FILTER (WHERE state = 'completed'),
+                "SELECT count(*) FILTER (WHERE state = 'completed')
+                          + (SELECT coalesce(sum(n), 0)::int8 FROM lettuce.job_counts),
                         extract(epoch FROM max(finished_at) - min(attempted_at))::float8
                    FROM lettuce.jobs",
                 &[],
@@ -663,7 +681,7 @@ impl Bench {
         if completed != n {
             bail!("burn-down finished with {completed} of {n} completed");
         }
-        let db_secs: f64 = r.get(1);
+        let db_secs: f64 = r.get::<_, Option<f64>>(1).unwrap_or(wall);
         Ok((n as f64 / wall, n as f64 / db_secs, hwm))
     }
 
@@ -722,7 +740,7 @@ impl Bench {
 
     /// Our own statements without the runtime: 2 connections loop our claim (1,000 rows) and
     /// our fenced completion on `lettuce.jobs`, which keeps finished rows.
-    async fn burn_raw_ours(&self) -> Result<f64> {
+    async fn burn_raw_ours(&self, keep_completed: bool) -> Result<f64> {
         let n = self.opts.jobs;
         let (db, c) = fresh_db(true).await?;
         enqueue_rust(&c, n, 5000).await?;
@@ -761,7 +779,7 @@ impl Bench {
                     lettuce_worker::db::jobs::attempt::complete_batch(
                         &pool,
                         &me,
-                        true,
+                        keep_completed,
                         &batch,
                         &[],
                     )
@@ -787,6 +805,8 @@ impl Bench {
                 "raw-ours",
                 "ours-2",
                 "ours-4",
+                "drop-2",
+                "raw-drop",
             ];
             if self.bouncer.is_some() {
                 turns.push("pooled-2");
@@ -798,13 +818,15 @@ impl Bench {
                 eprintln!("bench: burn-down round {} {t}", round + 1);
                 let v = match t {
                     "raw-delete" => self.burn_raw_delete().await?,
-                    "raw-ours" => self.burn_raw_ours().await?,
+                    "raw-ours" => self.burn_raw_ours(true).await?,
+                    "raw-drop" => self.burn_raw_ours(false).await?,
+                    "drop-2" => self.burn_ours(2, Via::Direct, false).await?.0,
                     "graphile" if self.peer.is_some() => self.burn_graphile().await?,
                     "graphile" => continue,
-                    "pooled-2" => self.burn_ours(2, Via::Pooled).await?.0,
+                    "pooled-2" => self.burn_ours(2, Via::Pooled, true).await?.0,
                     _ => {
                         let procs: usize = t[5..].parse()?;
-                        let (wall, dbt, h) = self.burn_ours(procs, Via::Direct).await?;
+                        let (wall, dbt, h) = self.burn_ours(procs, Via::Direct, true).await?;
                         db_timed.entry(t).or_default().push(dbt);
                         if procs == 1 {
                             hwm.push(h as f64);
@@ -840,7 +862,8 @@ impl Bench {
              | who | jobs/s (median) | rounds | ours ÷ this (median of per-round ratios) |\n|---|---:|---|---:|\n",
             self.opts.jobs, self.opts.rounds, self.opts.concurrency
         );
-        let label = |t: &str| match t {
+        let label = |t: &str| {
+            match t {
             "ours-1" => "lettuce, 1 worker process".to_string(),
             "ours-2" => "lettuce, 2 worker processes".to_string(),
             "ours-4" => "lettuce, 4 worker processes".to_string(),
@@ -855,10 +878,19 @@ impl Bench {
             "raw-ours" => {
                 "our claim + complete SQL, 1,000 per batch, 2 connections, no runtime".to_string()
             }
+            "drop-2" => {
+                "lettuce, 2 worker processes, `LETTUCE_JOB_RETENTION=completed=0` (delete on success)"
+                    .to_string()
+            }
+            "raw-drop" => {
+                "our claim + complete SQL with completed=0, 1,000 per batch, 2 connections, no runtime"
+                    .to_string()
+            }
             "graphile" => {
                 "graphile-worker 0.18 batched (concurrency 50, local queue 500)".to_string()
             }
             _ => t.to_string(),
+        }
         };
         for t in [
             "ours-1",
@@ -866,12 +898,14 @@ impl Bench {
             "ours-4",
             "ours-best",
             "pooled-2",
+            "drop-2",
             "raw-delete",
             "raw-ours",
+            "raw-drop",
             "graphile",
         ] {
             let Some(v) = figures.get(t) else { continue };
-            let r = if t.starts_with("ours") || t.starts_with("pooled") {
+            let r = if t.starts_with("ours") || t.starts_with("pooled") || t == "drop-2" {
                 String::new()
             } else {
                 format!("{:.2}", ratio("ours-best", t))
@@ -908,6 +942,16 @@ impl Bench {
         );
         body.push_str(&targets);
         body.push('\n');
+        if figures.contains_key("drop-2") {
+            writeln!(
+                body,
+                "\nDelete on success (`completed=0`), 2 processes: ÷ raw-SQL ceiling **{:.2}** (default retention, 2 processes: {:.2}); its SQL alone ÷ ceiling {:.2} (default retention's SQL alone: {:.2})",
+                ratio("drop-2", "raw-delete"),
+                ratio("ours-2", "raw-delete"),
+                ratio("raw-drop", "raw-delete"),
+                ratio("raw-ours", "raw-delete")
+            )?;
+        }
         if figures.contains_key("pooled-2") {
             writeln!(
                 body,
