@@ -283,7 +283,12 @@ fn ctags(repo: &Path, scratch: &Path, ours: &Ours) -> Option<Ctags> {
     let started = Instant::now();
     let same = Command::new("ctags")
         .current_dir(&tree)
-        .args(["--languages=Rust,Python,Go,JavaScript,TypeScript,Java", "-f", "/dev/null", "-L"])
+        .args([
+            "--languages=Rust,Python,Go,JavaScript,TypeScript,Java",
+            "-f",
+            "/dev/null",
+            "-L",
+        ])
         .arg(&list)
         .stderr(Stdio::null())
         .status()
