@@ -711,6 +711,7 @@ impl Bench {
                         1000,
                         &me,
                         Duration::from_secs(60),
+                        None,
                     )
                     .await?;
                     if jobs.is_empty() {
