@@ -5,7 +5,7 @@
 //!   load is ~75 % of it: the queue keeps up, claims are small and frequent), clean and while
 //!   another connection holds an xid (`BEGIN; SELECT txid_current();`) for the whole offered
 //!   window, alternated in the same sitting.
-//! - `warm`: the same two processes started cold into that load; pickup p50/p99 per 5-s window
+//! - `warm`: the same two processes started cold into [`WARM_RATE`] of those jobs/s; pickup p50/p99 per 5-s window
 //!   of `run_at` after both said "worker ready".
 
 use std::process::Command;
@@ -23,6 +23,9 @@ use super::{
 
 /// Offered jobs/s in both scenarios: the external harness's 600/s.
 pub const HELD_RATE: u64 = 600;
+/// Offered jobs/s of `warm`: half the capacity, so a backlog can only come from the boot (or
+/// from claims getting slower), not from the load itself.
+const WARM_RATE: u64 = 400;
 /// What each job does: sleep this long (`diag.sleep`), so 16 slots finish at most 400 jobs/s.
 const SLEEP_MS: u64 = 40;
 const PROCS: usize = 2;
@@ -217,7 +220,7 @@ impl Bench {
         let producer = db.client().await;
         let offering = async {
             if load_first {
-                offer(&producer, HELD_RATE, secs + 3).await
+                offer(&producer, WARM_RATE, secs + 3).await
             } else {
                 Ok(0)
             }
@@ -234,13 +237,41 @@ impl Bench {
                 .map(|r| r.get(0));
             (r, at)
         };
-        let (offered, (procs, ready_at)) = tokio::join!(offering, start);
-        offered?;
-        let (procs, _) = procs?;
-        let ready_at = ready_at.unwrap_or_default();
-        if !load_first {
-            offer(&producer, HELD_RATE, secs).await?;
-        }
+        // Every 5 s: dead tuples in job_queue and whether autovacuum has visited it yet.
+        let watch = db.client().await;
+        let sampling = async {
+            let mut out = Vec::new();
+            for _ in 0..(secs + 8) / 5 {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                if let Ok(r) = watch
+                    .query_one(
+                        "SELECT n_dead_tup, autovacuum_count FROM pg_stat_user_tables
+                          WHERE relid = 'lettuce.job_queue'::regclass",
+                        &[],
+                    )
+                    .await
+                {
+                    out.push(format!("{}/{}", r.get::<_, i64>(0), r.get::<_, i64>(1)));
+                }
+            }
+            out
+        };
+        let run = async {
+            let (offered, (procs, ready_at)) = tokio::join!(offering, start);
+            offered?;
+            let (procs, _) = procs?;
+            let ready_at = ready_at.unwrap_or_default();
+            if !load_first {
+                offer(&producer, WARM_RATE, secs).await?;
+            }
+            Ok::<_, anyhow::Error>((procs, ready_at))
+        };
+        let (run, samples) = tokio::join!(run, sampling);
+        let (procs, ready_at) = run?;
+        eprintln!(
+            "bench:   job_queue dead tuples / autovacuums every 5 s from the start: {}",
+            samples.join(" ")
+        );
         wait_empty(&c, OURS_LEFT, Duration::from_secs(120)).await?;
         for p in procs {
             p.stop().await;
@@ -274,7 +305,7 @@ impl Bench {
     pub(super) async fn warm(&self, report: &mut Report) -> Result<()> {
         let mut body = format!(
             "{PROCS} worker processes × {SLOTS} slots spawned cold (schema applied, fresh database) \
-             into {HELD_RATE} `diag.sleep {{\"ms\": {SLEEP_MS}}}` jobs/s for {} s; pickup \
+             into {WARM_RATE} `diag.sleep {{\"ms\": {SLEEP_MS}}}` jobs/s for {} s; pickup \
              (`attempted_at - run_at`) per 5-s window of `run_at` after both printed \"worker ready\". \
              `at ready`: the load starts when both are ready; `running`: it started 3 s before the \
              spawn (the jobs of those seconds are the `before ready` row); {} round(s), one line each.\n\n\
