@@ -202,14 +202,19 @@ async fn under_a_held_xid_the_bounded_claim_reads_few_pages_where_the_full_claim
         Some(cursor),
     )
     .await;
-    println!("buffers of the SELECT of a claim of 16 under a held xid over 6,000 dead rows: full {full}, bounded {bounded}");
+    println!(
+        "buffers of the SELECT of a claim of 16 under a held xid over 6,000 dead rows: full {full}, bounded {bounded}"
+    );
     println!("full: Index Cond {full_cond}\nbounded: Index Cond {bounded_cond}");
     // The row comparison positions the scan (an index condition after `queue = $1`).
     assert!(
         bounded_cond.contains("ROW(priority, run_at, id) > ROW("),
         "{bounded_cond}"
     );
-    assert!(full > 150, "the full claim walks the dead rows: {full} buffers");
+    assert!(
+        full > 150,
+        "the full claim walks the dead rows: {full} buffers"
+    );
     assert!(
         bounded * 5 < full && bounded < 100,
         "bounded {bounded} buffers against full {full}"
