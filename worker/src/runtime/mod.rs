@@ -6,6 +6,7 @@
 //! `stop_claiming` ends producers, then after `LETTUCE_SHUTDOWN_GRACE_MS` `cancel_jobs` cuts
 //! what is still running and hands it back as `available`.
 
+pub(crate) mod claim_cursor;
 pub mod completer;
 pub mod executor;
 pub mod lease;

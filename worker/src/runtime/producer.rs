@@ -1,6 +1,8 @@
 //! One producer per queue. It only decides *when* and *how many* to claim: never more than the
 //! queue's free slots, right away while the last claim came back full, otherwise on a NOTIFY
-//! wake-up or the fallback poll — whichever comes first.
+//! wake-up or the fallback poll — whichever comes first. *Where* a claim starts in claim order
+//! is the claim cursor's decision (`claim_cursor.rs`): past the highest key this producer
+//! claimed, with a full claim from the start often enough that nothing below it waits long.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -9,6 +11,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::claim_cursor::ClaimCursor;
 use super::{Shared, executor, sleep_or_stop};
 use crate::db;
 use crate::observability::condition::Condition;
@@ -29,6 +32,7 @@ pub(crate) async fn run(
     let mut error_delay = Duration::from_millis(100);
     // One WARN when claims start failing, a reminder while they do, one INFO when they work again.
     let failing = Condition::new(format!("claims of queue {queue}"));
+    let mut cursor = ClaimCursor::default();
     loop {
         // Wait for one free slot, then take every other free slot too. Waiting for a slot is
         // being busy, not being stalled (the watchdog's distinction).
@@ -49,6 +53,7 @@ pub(crate) async fn run(
             permits.push(p);
         }
         let wanted = permits.len();
+        let from = cursor.next(tokio::time::Instant::now());
         let claimed = db::jobs::claim_batch(
             &shared.pool,
             &queue,
@@ -56,6 +61,7 @@ pub(crate) async fn run(
             wanted as i64,
             &shared.worker.id,
             shared.config.lease,
+            from,
         )
         .await;
         match claimed {
@@ -64,6 +70,12 @@ pub(crate) async fn run(
                 failing.ok();
                 shared.database_wrote();
                 let got = jobs.len();
+                cursor.claimed(
+                    from,
+                    wanted,
+                    jobs.iter().map(|j| j.key()),
+                    tokio::time::Instant::now(),
+                );
                 shared
                     .stats
                     .claimed
@@ -77,10 +89,17 @@ pub(crate) async fn run(
                     // A full batch: more are likely waiting. Claim again as slots free up.
                     continue;
                 }
+                // After a short bounded claim, wake up by the time a full claim is due, so a job
+                // below the cursor is not left until the poll.
+                let wait = cursor
+                    .wait_limit(tokio::time::Instant::now())
+                    .map_or(shared.config.poll_interval, |d| {
+                        d.min(shared.config.poll_interval)
+                    });
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = wake.notified() => {}
-                    _ = tokio::time::sleep(shared.config.poll_interval) => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
             }
             Err(e) => {

@@ -11,13 +11,19 @@
 //! ```text
 //! bench <scenario>… [--rounds N] [--jobs N] [--steady-secs S] [--steady-rounds N]
 //!                  [--idle-secs S] [--concurrency C] [--no-peer] [--pooled] [--write FILE]
-//! scenarios: all, enqueue, burndown, pickup, steady, xmin, idle, boot
+//! scenarios: all, enqueue, burndown, pickup, steady, xmin, idle, boot, held, warm
 //! ```
 //!
 //! `--pooled` (issue 17) starts a PgBouncer in `transaction` mode (`xtests::pgbouncer`, pool
 //! [`xtests::pgbouncer::POOL_SIZE`]) and adds, in the same alternating turns, burn-down with 2
 //! worker processes and idle pickup with `DATABASE_URL` through it (LISTEN over
 //! `LETTUCE_LISTEN_DATABASE_URL`, direct), beside the direct figures.
+//!
+//! `held` and `warm` (issue 19, `bench/held.rs`) are not part of `all`: a held xid and a cold
+//! start under 2 processes × 16 slots at 600 jobs/s.
+
+#[path = "bench/held.rs"]
+mod held;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -142,6 +148,8 @@ async fn main() -> Result<()> {
             "xmin" => bench.xmin(&mut report).await?,
             "idle" => bench.idle(&mut report).await?,
             "boot" => bench.boot(&mut report).await?,
+            "held" => bench.held(&mut report).await?,
+            "warm" => bench.warm(&mut report).await?,
             other => bail!("unknown scenario {other}"),
         }
     }
@@ -761,6 +769,7 @@ impl Bench {
                         1000,
                         &me,
                         Duration::from_secs(60),
+                        None,
                     )
                     .await?;
                     if jobs.is_empty() {

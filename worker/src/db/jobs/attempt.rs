@@ -41,27 +41,72 @@ pub struct ClaimedJob {
     pub attempt_span: Option<SpanContext>,
 }
 
+/// Where a claim starts in `job_queue_fetch_idx (queue, priority, run_at, id)` order: past the
+/// highest key a producer claimed (the claim *cursor*, `runtime/claim_cursor.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ClaimKey {
+    pub priority: i16,
+    pub run_at: OffsetDateTime,
+    pub id: i64,
+}
+
+impl ClaimedJob {
+    /// The job's place in claim order.
+    pub fn key(&self) -> ClaimKey {
+        ClaimKey {
+            priority: self.priority,
+            run_at: self.run_at,
+            id: self.id,
+        }
+    }
+}
+
+/// The claim, with an extra condition on the scanned rows (`""`: none).
+///
 /// `job_queue_fetch_idx` has no predicate on `state` (so this UPDATE changes no indexed column
 /// and is a HOT update); running rows are skipped by the filter. The ids go through an array
 /// (`= ANY(ARRAY(…))`) so the UPDATE is always a primary-key lookup per id: joined to a CTE
 /// instead, the cached generic plan hashes the whole table on every claim (36 ms at 100k
 /// queued rows instead of 7 ms; BENCHMARKS.md, "Profile").
-const CLAIM_SQL: &str = "
+macro_rules! claim_sql {
+    ($after:literal) => {
+        concat!(
+            "
 UPDATE lettuce.job_queue j
    SET state = 'running', attempt = j.attempt + 1, attempted_at = now(), locked_by = $4,
        lease_expires_at = now() + $5 * interval '1 millisecond'
  WHERE j.id = ANY(ARRAY(
     SELECT id FROM lettuce.job_queue
      WHERE state IN ('available', 'scheduled', 'retryable')
-       AND queue = $1 AND run_at <= now() AND kind = ANY($2)
+       AND queue = $1 AND run_at <= now() AND kind = ANY($2)",
+            $after,
+            "
      ORDER BY priority, run_at, id
      LIMIT $3
      FOR UPDATE SKIP LOCKED))
 RETURNING j.id, j.kind, j.queue, j.payload, j.priority, j.attempt, j.max_attempts, j.run_at,
-          j.attempted_at, j.traceparent";
+          j.attempted_at, j.traceparent"
+        )
+    };
+}
+
+/// The *full* claim: from the start of the queue's part of the index. Under a transaction that
+/// holds an xid (or an old snapshot) every row claimed and deleted since it began is still in
+/// the index and the heap, and this scan steps over all of them (issue 19).
+pub const CLAIM_SQL: &str = claim_sql!("");
+
+/// The *bounded* claim: the row comparison is an index condition of `job_queue_fetch_idx`
+/// after `queue = $1`, so the scan is positioned past the cursor `($6, $7, $8)` and never
+/// visits the entries this producer already claimed (dead or not). What can land below the
+/// cursor is taken by the next full claim (`runtime/claim_cursor.rs`).
+pub const CLAIM_AFTER_SQL: &str = claim_sql!(
+    "
+       AND (priority, run_at, id) > ($6, $7, $8)"
+);
 
 /// Claims up to `limit` runnable jobs of `kinds` from `queue` in `priority, run_at, id` order,
-/// in one statement. Never more than the caller's free slots.
+/// in one statement, starting past `after` (from the start when `None`). Never more than the
+/// caller's free slots.
 pub async fn claim_batch(
     pool: &DbPool,
     queue: &str,
@@ -69,10 +114,15 @@ pub async fn claim_batch(
     limit: i64,
     worker_id: &str,
     lease: Duration,
+    after: Option<ClaimKey>,
 ) -> Result<Vec<ClaimedJob>, DbError> {
-    let span =
-        crate::observability::sql_span("db.claim_batch", "UPDATE", "lettuce.job_queue", CLAIM_SQL);
-    let mut result = claim_batch_sql(pool, queue, kinds, limit, worker_id, lease)
+    let sql = if after.is_some() {
+        CLAIM_AFTER_SQL
+    } else {
+        CLAIM_SQL
+    };
+    let span = crate::observability::sql_span("db.claim_batch", "UPDATE", "lettuce.job_queue", sql);
+    let mut result = claim_batch_sql(pool, queue, kinds, limit, worker_id, lease, after)
         .instrument(span.clone())
         .await;
     record_sql(&span, &result, |jobs| jobs.len());
@@ -100,12 +150,27 @@ async fn claim_batch_sql(
     limit: i64,
     worker_id: &str,
     lease: Duration,
+    after: Option<ClaimKey>,
 ) -> Result<Vec<ClaimedJob>, DbError> {
     let client = pool.get().await?;
     let lease_ms = lease.as_millis() as f64;
-    let rows = client
-        .query_typed(CLAIM_SQL, params![queue, kinds, limit, worker_id, lease_ms])
-        .await?;
+    let rows = match after {
+        None => {
+            client
+                .query_typed(CLAIM_SQL, params![queue, kinds, limit, worker_id, lease_ms])
+                .await?
+        }
+        Some(k) => {
+            client
+                .query_typed(
+                    CLAIM_AFTER_SQL,
+                    params![
+                        queue, kinds, limit, worker_id, lease_ms, k.priority, k.run_at, k.id
+                    ],
+                )
+                .await?
+        }
+    };
     let mut jobs: Vec<ClaimedJob> = rows.iter().map(claimed_job).collect();
     jobs.sort_by_key(|j| (j.priority, j.run_at, j.id));
     Ok(jobs)

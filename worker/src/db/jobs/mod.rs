@@ -47,8 +47,8 @@ pub mod steer;
 pub mod upkeep;
 
 pub use attempt::{
-    ArtifactRow, ClaimedJob, Completion, claim_batch, complete_batch_with,
-    heartbeat,
+    ArtifactRow, ClaimKey, ClaimedJob, Completion, claim_batch,
+    complete_batch_with, heartbeat,
 };
 pub use enqueue::{NewJob, enqueue, enqueue_many};
 pub use steer::{JobRow, ListFilter, SteerError, cancel, get, list, retry};
