@@ -94,7 +94,10 @@ async fn claim_buffers(
     let explain = format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}");
     let kinds = vec!["diag.noop".to_string()];
     let (queue, limit, me, lease) = ("default", 16i64, "explain", 60_000f64);
-    c.batch_execute("BEGIN").await.unwrap();
+    // The worker's own claim transaction start (sorting off).
+    c.batch_execute(lettuce_worker::db::jobs::attempt::CLAIM_BEGIN)
+        .await
+        .unwrap();
     let rows = match after {
         None => c
             .query_typed(
@@ -150,6 +153,63 @@ async fn claim_buffers(
         n("Shared Hit Blocks") + n("Shared Read Blocks"),
         scans[0]["Index Cond"].as_str().unwrap_or("").to_string(),
     )
+}
+
+/// Whether any node of an `EXPLAIN (FORMAT JSON)` plan is a Sort.
+fn has_sort(node: &serde_json::Value) -> bool {
+    node["Node Type"] == "Sort" || node["Plans"].as_array().into_iter().flatten().any(has_sort)
+}
+
+/// The queue table's statistics are from when it was empty (as after a boot on an empty queue,
+/// until autovacuum's next ANALYZE, up to a minute away): with them the planner would sort the
+/// whole backlog on every claim. In the worker's claim transaction it walks the index in order
+/// and stops at the limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_on_a_queue_analyzed_empty_is_claimed_from_the_index_in_order_not_sorted() {
+    let db = TestDb::new().await;
+    let (code, _, err) = xtests::run_worker(&["schema", "apply"], &db.env());
+    assert_eq!(code, 0, "{err}");
+    let c = db.client().await;
+    c.batch_execute("VACUUM ANALYZE lettuce.job_queue")
+        .await
+        .unwrap();
+    c.batch_execute(
+        "SELECT count(*) FROM lettuce.enqueue_many('diag.noop',
+             (SELECT array_agg('{}'::jsonb) FROM generate_series(1, 20000)))",
+    )
+    .await
+    .unwrap();
+    let sql = lettuce_worker::db::jobs::attempt::CLAIM_SQL;
+    // Without the claim's settings: the sort over every match (what the claim did before).
+    c.batch_execute("BEGIN").await.unwrap();
+    let kinds = vec!["diag.noop".to_string()];
+    let (queue, limit, me, lease) = ("default", 16i64, "explain", 60_000f64);
+    let plain: serde_json::Value = c
+        .query_typed(
+            &format!("EXPLAIN (FORMAT JSON) {sql}"),
+            &[
+                (&queue, Type::TEXT),
+                (&kinds, Type::TEXT_ARRAY),
+                (&limit, Type::INT8),
+                (&me, Type::TEXT),
+                (&lease, Type::FLOAT8),
+            ],
+        )
+        .await
+        .unwrap()[0]
+        .get(0);
+    c.batch_execute("ROLLBACK").await.unwrap();
+    assert!(
+        has_sort(&plain[0]["Plan"]),
+        "the statistics alone lead to a sort: {plain:#}"
+    );
+    // The worker's claim transaction: an index scan in order, a handful of pages.
+    let (buffers, cond) = claim_buffers(&c, sql, None).await;
+    assert!(cond.contains("queue"), "{cond}");
+    assert!(
+        buffers < 100,
+        "{buffers} buffers for a claim of 16 out of 20,000"
+    );
 }
 
 /// While another session holds an xid, 6,000 jobs are claimed and completed (deleted from

@@ -104,6 +104,10 @@ pub const CLAIM_AFTER_SQL: &str = claim_sql!(
        AND (priority, run_at, id) > ($6, $7, $8)"
 );
 
+/// How a claim's transaction starts (see `claim_batch_sql`): sorting off, so the claim walks
+/// `job_queue_fetch_idx` in order and stops at its limit whatever the table's statistics say.
+pub const CLAIM_BEGIN: &str = "BEGIN; SET LOCAL enable_sort = off";
+
 /// Claims up to `limit` runnable jobs of `kinds` from `queue` in `priority, run_at, id` order,
 /// in one statement, starting past `after` (from the start when `None`). Never more than the
 /// caller's free slots.
@@ -154,23 +158,41 @@ async fn claim_batch_sql(
 ) -> Result<Vec<ClaimedJob>, DbError> {
     let client = pool.get().await?;
     let lease_ms = lease.as_millis() as f64;
-    let rows = match after {
-        None => {
-            client
-                .query_typed(CLAIM_SQL, params![queue, kinds, limit, worker_id, lease_ms])
-                .await?
-        }
-        Some(k) => {
-            client
-                .query_typed(
-                    CLAIM_AFTER_SQL,
-                    params![
-                        queue, kinds, limit, worker_id, lease_ms, k.priority, k.run_at, k.id
-                    ],
-                )
-                .await?
+    let claim = async {
+        match after {
+            None => {
+                client
+                    .query_typed(CLAIM_SQL, params![queue, kinds, limit, worker_id, lease_ms])
+                    .await
+            }
+            Some(k) => {
+                client
+                    .query_typed(
+                        CLAIM_AFTER_SQL,
+                        params![
+                            queue, kinds, limit, worker_id, lease_ms, k.priority, k.run_at, k.id
+                        ],
+                    )
+                    .await
+            }
         }
     };
+    // The claim runs in its own transaction with sorting disabled, the three messages pipelined
+    // (sent before any answer is read: one round trip). The queue table's statistics are
+    // usually from a moment it was nearly empty (ANALYZE ran when nothing waited); with them
+    // the planner expects almost no runnable row and, from a few thousand queued rows on,
+    // sorts every match instead of walking `job_queue_fetch_idx` in order and stopping at the
+    // limit: a sort over the whole backlog on every claim (BENCHMARKS.md, "Issue 19").
+    let (begin, rows, commit) = futures_util::future::join3(
+        client.batch_execute(CLAIM_BEGIN),
+        claim,
+        // After a failed claim the server answers COMMIT with a rollback.
+        client.batch_execute("COMMIT"),
+    )
+    .await;
+    begin?;
+    let rows = rows?;
+    commit?;
     let mut jobs: Vec<ClaimedJob> = rows.iter().map(claimed_job).collect();
     jobs.sort_by_key(|j| (j.priority, j.run_at, j.id));
     Ok(jobs)
