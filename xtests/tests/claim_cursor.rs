@@ -84,53 +84,54 @@ async fn a_job_with_a_run_at_below_the_cursor_is_still_claimed() {
     worker.stop().await.unwrap();
 }
 
-/// One claim of 16 under `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)`, rolled back: (buffers of
-/// its SELECT, the `Index Cond` of its scan of `job_queue_fetch_idx`).
+/// `explain` (an `EXPLAIN (…)` prefix) of one claim of 16 by `sql`, in a transaction started by
+/// `begin` and rolled back: the JSON plan.
+async fn explain_claim(
+    c: &tokio_postgres::Client,
+    begin: &str,
+    explain: &str,
+    sql: &str,
+    after: Option<(i16, time::OffsetDateTime, i64)>,
+) -> serde_json::Value {
+    let kinds = vec!["diag.noop".to_string()];
+    let (queue, limit, me, lease) = ("default", 16i64, "explain", 60_000f64);
+    let (p, r, i) = after.unwrap_or((0, time::OffsetDateTime::UNIX_EPOCH, 0));
+    let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 8] = [
+        (&queue, Type::TEXT),
+        (&kinds, Type::TEXT_ARRAY),
+        (&limit, Type::INT8),
+        (&me, Type::TEXT),
+        (&lease, Type::FLOAT8),
+        (&p, Type::INT2),
+        (&r, Type::TIMESTAMPTZ),
+        (&i, Type::INT8),
+    ];
+    let used = if after.is_some() { 8 } else { 5 };
+    c.batch_execute(begin).await.unwrap();
+    let rows = c
+        .query_typed(&format!("{explain} {sql}"), &params[..used])
+        .await
+        .unwrap();
+    c.batch_execute("ROLLBACK").await.unwrap();
+    rows[0].get(0)
+}
+
+/// One claim of 16 under `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)` in the worker's own claim
+/// transaction (sorting off), rolled back: (buffers of its SELECT, the `Index Cond` of its scan
+/// of `job_queue_fetch_idx`).
 async fn claim_buffers(
     c: &tokio_postgres::Client,
     sql: &str,
     after: Option<(i16, time::OffsetDateTime, i64)>,
 ) -> (i64, String) {
-    let explain = format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}");
-    let kinds = vec!["diag.noop".to_string()];
-    let (queue, limit, me, lease) = ("default", 16i64, "explain", 60_000f64);
-    // The worker's own claim transaction start (sorting off).
-    c.batch_execute(lettuce_worker::db::jobs::attempt::CLAIM_BEGIN)
-        .await
-        .unwrap();
-    let rows = match after {
-        None => c
-            .query_typed(
-                &explain,
-                &[
-                    (&queue, Type::TEXT),
-                    (&kinds, Type::TEXT_ARRAY),
-                    (&limit, Type::INT8),
-                    (&me, Type::TEXT),
-                    (&lease, Type::FLOAT8),
-                ],
-            )
-            .await
-            .unwrap(),
-        Some((p, r, i)) => c
-            .query_typed(
-                &explain,
-                &[
-                    (&queue, Type::TEXT),
-                    (&kinds, Type::TEXT_ARRAY),
-                    (&limit, Type::INT8),
-                    (&me, Type::TEXT),
-                    (&lease, Type::FLOAT8),
-                    (&p, Type::INT2),
-                    (&r, Type::TIMESTAMPTZ),
-                    (&i, Type::INT8),
-                ],
-            )
-            .await
-            .unwrap(),
-    };
-    c.batch_execute("ROLLBACK").await.unwrap();
-    let plan: serde_json::Value = rows[0].get(0);
+    let plan = explain_claim(
+        c,
+        lettuce_worker::db::jobs::attempt::CLAIM_BEGIN,
+        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)",
+        sql,
+        after,
+    )
+    .await;
     // The claim's SELECT is the UPDATE's InitPlan: its buffers are the index and heap pages its
     // scan touched (whichever scan the planner chose), its index scan's condition where the
     // scan starts.
@@ -181,24 +182,7 @@ async fn a_backlog_on_a_queue_analyzed_empty_is_claimed_from_the_index_in_order_
     .unwrap();
     let sql = lettuce_worker::db::jobs::attempt::CLAIM_SQL;
     // Without the claim's settings: the sort over every match (what the claim did before).
-    c.batch_execute("BEGIN").await.unwrap();
-    let kinds = vec!["diag.noop".to_string()];
-    let (queue, limit, me, lease) = ("default", 16i64, "explain", 60_000f64);
-    let plain: serde_json::Value = c
-        .query_typed(
-            &format!("EXPLAIN (FORMAT JSON) {sql}"),
-            &[
-                (&queue, Type::TEXT),
-                (&kinds, Type::TEXT_ARRAY),
-                (&limit, Type::INT8),
-                (&me, Type::TEXT),
-                (&lease, Type::FLOAT8),
-            ],
-        )
-        .await
-        .unwrap()[0]
-        .get(0);
-    c.batch_execute("ROLLBACK").await.unwrap();
+    let plain = explain_claim(&c, "BEGIN", "EXPLAIN (FORMAT JSON)", sql, None).await;
     assert!(
         has_sort(&plain[0]["Plan"]),
         "the statistics alone lead to a sort: {plain:#}"

@@ -97,17 +97,18 @@ async fn the_database_is_created_when_missing() {
     assert_eq!(n, 1);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn enqueue_function_dedupes_unique_keys_and_notifies_on_commit() {
-    let db = TestDb::new().await;
-    let (code, _, err) = run_worker(&["schema", "apply"], &db.env());
-    assert_eq!(code, 0, "{err}");
-
-    // A listener driven by hand so notifications are seen.
-    let (listener, mut conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+/// A connection listening on `lettuce_jobs`, driven by hand so notifications are seen: each
+/// arrives as (channel, payload). Keep the client alive while listening.
+async fn listen_jobs(
+    url: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+) {
+    let (listener, mut conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(Ok(m)) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
             if let AsyncMessage::Notification(n) = m {
@@ -116,6 +117,16 @@ async fn enqueue_function_dedupes_unique_keys_and_notifies_on_commit() {
         }
     });
     listener.batch_execute("LISTEN lettuce_jobs").await.unwrap();
+    (listener, rx)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enqueue_function_dedupes_unique_keys_and_notifies_on_commit() {
+    let db = TestDb::new().await;
+    let (code, _, err) = run_worker(&["schema", "apply"], &db.env());
+    assert_eq!(code, 0, "{err}");
+
+    let (_listener, mut rx) = listen_jobs(&db.url).await;
 
     let mut client = db.client().await;
     let t = client.transaction().await.unwrap();
@@ -230,18 +241,7 @@ async fn enqueue_many_function_inserts_in_order_with_one_notify_and_refuses_a_ba
     let db = TestDb::new().await;
     let (code, _, err) = run_worker(&["schema", "apply"], &db.env());
     assert_eq!(code, 0, "{err}");
-    let (listener, mut conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(Ok(m)) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
-            if let AsyncMessage::Notification(n) = m {
-                let _ = tx.send(n.payload().to_string());
-            }
-        }
-    });
-    listener.batch_execute("LISTEN lettuce_jobs").await.unwrap();
+    let (_listener, mut rx) = listen_jobs(&db.url).await;
 
     let mut client = db.client().await;
     let t = client.transaction().await.unwrap();
@@ -284,7 +284,7 @@ async fn enqueue_many_function_inserts_in_order_with_one_notify_and_refuses_a_ba
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(first, "q2");
+    assert_eq!(first, ("lettuce_jobs".to_string(), "q2".to_string()));
     assert!(
         tokio::time::timeout(Duration::from_millis(300), rx.recv())
             .await

@@ -65,8 +65,8 @@ pub(super) fn run<'p>(
     let job_rx = Mutex::new(job_rx);
     let (done_tx, done_rx) = mpsc::channel::<(u64, Parsed)>();
     thread::scope(|scope| {
-        // Moved in: dropped when this closure returns, however it returns, so the threads'
-        // receive fails and the scope can join them.
+        // Moved in: dropped when this closure returns, however it returns (the job sender with
+        // `order`), so the threads' receive fails and the scope can join them.
         let (job_tx, done_tx) = (job_tx, done_tx);
         for _ in 0..threads {
             let (job_rx, done_tx, stop) = (&job_rx, done_tx.clone(), &stop);
@@ -80,34 +80,24 @@ pub(super) fn run<'p>(
         let mut order = InOrder {
             pending: VecDeque::with_capacity(window),
             first: 0,
+            window,
+            jobs: job_tx,
             results: done_rx,
             cancel,
         };
-        let result = feed(
-            entries,
-            blobs,
-            previous,
-            options,
-            &job_tx,
-            window,
-            &mut order,
-            write,
-        );
+        let result = feed(entries, blobs, previous, options, &mut order, write);
         // Ends every parse in flight and lets the threads' receive fail; the scope joins them.
         stop.store(true, Ordering::Relaxed);
-        drop(job_tx);
+        drop(order);
         result
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 fn feed<'p>(
     entries: impl IntoIterator<Item = Entry>,
     blobs: &mut dyn Blobs,
     previous: Option<&'p Previous>,
     options: &Options,
-    jobs: &SyncSender<Job>,
-    window: usize,
     order: &mut InOrder<'_, 'p>,
     write: &mut dyn FnMut(Done<'p>) -> Result<(), IndexError>,
 ) -> Result<(), IndexError> {
@@ -126,7 +116,7 @@ fn feed<'p>(
                 (record, None) => Slot::Ready(Done::Fresh(record, Vec::new())),
                 (record, Some((language, content))) => {
                     let seq = order.first + order.pending.len() as u64;
-                    jobs.send(Job {
+                    order.jobs.send(Job {
                         seq,
                         language,
                         content,
@@ -138,7 +128,7 @@ fn feed<'p>(
         };
         order.pending.push_back(slot);
         order.write_ready(write)?;
-        while order.pending.len() >= window {
+        while order.pending.len() >= order.window {
             order.wait_one()?;
             order.write_ready(write)?;
         }
@@ -150,10 +140,13 @@ fn feed<'p>(
     Ok(())
 }
 
-/// The entries in flight, oldest first; `first` is the sequence number of the front one.
+/// The entries in flight, oldest first; `first` is the sequence number of the front one, at
+/// most `window` of them; files to parse go out through `jobs`.
 struct InOrder<'c, 'p> {
     pending: VecDeque<Slot<'p>>,
     first: u64,
+    window: usize,
+    jobs: SyncSender<Job>,
     results: Receiver<(u64, Parsed)>,
     cancel: &'c dyn Fn() -> bool,
 }

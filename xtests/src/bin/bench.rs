@@ -471,8 +471,16 @@ impl Bench {
     }
 
     fn spawn_worker(&self, db: &TestDb, via: Via) -> Result<Proc> {
+        self.spawn_worker_with(db, via, &[])
+    }
+
+    /// [`Bench::spawn_worker`] with `extra` variables on top of [`Bench::worker_env`].
+    fn spawn_worker_with(&self, db: &TestDb, via: Via, extra: &[(&str, &str)]) -> Result<Proc> {
         let mut cmd = Command::new(&self.worker_bin);
-        cmd.arg("run").env_clear().envs(self.worker_env(db, via));
+        cmd.arg("run")
+            .env_clear()
+            .envs(self.worker_env(db, via))
+            .envs(extra.iter().copied());
         for keep in ["PATH", "HOME"] {
             if let Ok(v) = std::env::var(keep) {
                 cmd.env(keep, v);
@@ -652,18 +660,13 @@ impl Bench {
         enqueue_rust(&c, n, 5000).await?;
         settle(&c).await?;
         let mut workers = Vec::new();
+        let extra: &[(&str, &str)] = if keep_completed {
+            &[]
+        } else {
+            &[("LETTUCE_JOB_RETENTION", "completed=0")]
+        };
         for _ in 0..procs {
-            let mut cmd = Command::new(&self.worker_bin);
-            cmd.arg("run").env_clear().envs(self.worker_env(&db, via));
-            for keep in ["PATH", "HOME"] {
-                if let Ok(v) = std::env::var(keep) {
-                    cmd.env(keep, v);
-                }
-            }
-            if !keep_completed {
-                cmd.env("LETTUCE_JOB_RETENTION", "completed=0");
-            }
-            workers.push(Proc::spawn(cmd, "worker ready")?);
+            workers.push(self.spawn_worker_with(&db, via, extra)?);
         }
         let mut first_ready: Option<Instant> = None;
         for w in &mut workers {

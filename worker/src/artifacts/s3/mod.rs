@@ -162,17 +162,24 @@ impl S3Store {
         }
     }
 
-    pub async fn get_small(&self, key: &str) -> Result<Vec<u8>, ArtifactError> {
+    /// One traced `GetObject` of `key`, its failure classified.
+    async fn get_object(
+        &self,
+        key: &str,
+    ) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput, ArtifactError> {
         let request = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(key)
             .send();
-        let out = self
-            .traced("GetObject", "GET", key, request)
+        self.traced("GetObject", "GET", key, request)
             .await
-            .map_err(|e| self.classify("GetObject", e))?;
+            .map_err(|e| self.classify("GetObject", e))
+    }
+
+    pub async fn get_small(&self, key: &str) -> Result<Vec<u8>, ArtifactError> {
+        let out = self.get_object(key).await?;
         let bytes = out.body.collect().await.map_err(|e| ArtifactError::Store {
             operation: "GetObject",
             detail: e.to_string(),
@@ -188,16 +195,7 @@ impl S3Store {
         cancel: &CancellationToken,
     ) -> Result<u64, ArtifactError> {
         use tokio::io::AsyncWriteExt;
-        let request = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send();
-        let mut out = self
-            .traced("GetObject", "GET", key, request)
-            .await
-            .map_err(|e| self.classify("GetObject", e))?;
+        let mut out = self.get_object(key).await?;
         let local = |error| ArtifactError::Local {
             path: dest.display().to_string(),
             error,

@@ -273,6 +273,30 @@ pub struct ArtifactRow {
     pub etag: Option<String>,
 }
 
+/// The CTE both finishing statements start with: the batch's fenced rows deleted from
+/// `job_queue`, returned as history rows (`job_columns!` order) named `done`.
+macro_rules! finished_rows {
+    () => {
+        concat!(
+            "
+WITH done AS (
+    DELETE FROM lettuce.job_queue j
+     USING (SELECT u.*, $6::text AS me, 'running'::text AS running
+              FROM unnest($1::int8[], $2::int4[], $3::text[], $4::text[], $5::bool[])
+                   AS u(id, attempt, state, error, restore)
+            OFFSET 0) u
+     WHERE ",
+            fence!(),
+            "
+    RETURNING j.id, j.kind, j.queue, j.payload, j.priority, u.state,
+              CASE WHEN u.restore THEN j.attempt - 1 ELSE j.attempt END, j.max_attempts, j.run_at,
+              j.created_at, j.attempted_at, now(), j.locked_by, NULL::timestamptz,
+              lettuce.append_error(j.errors, j.attempt, u.error), j.unique_key, j.traceparent
+)"
+        )
+    };
+}
+
 /// Sent as an unnamed statement (`query_typed`: one round trip, planned with the batch's actual
 /// arrays), never as a cached prepared statement. A cached statement switches to a generic plan
 /// after five runs, and a generic plan built on a queue table's statistics (always stale: "about
@@ -293,21 +317,8 @@ pub struct ArtifactRow {
 /// come from the batch side (`OFFSET 0` keeps them from being folded back into restrictions),
 /// so the join is hashed.
 const FINISH_SQL: &str = concat!(
+    finished_rows!(),
     "
-WITH done AS (
-    DELETE FROM lettuce.job_queue j
-     USING (SELECT u.*, $6::text AS me, 'running'::text AS running
-              FROM unnest($1::int8[], $2::int4[], $3::text[], $4::text[], $5::bool[])
-                   AS u(id, attempt, state, error, restore)
-            OFFSET 0) u
-     WHERE ",
-    fence!(),
-    "
-    RETURNING j.id, j.kind, j.queue, j.payload, j.priority, u.state,
-              CASE WHEN u.restore THEN j.attempt - 1 ELSE j.attempt END, j.max_attempts, j.run_at,
-              j.created_at, j.attempted_at, now(), j.locked_by, NULL::timestamptz,
-              lettuce.append_error(j.errors, j.attempt, u.error), j.unique_key, j.traceparent
-)
 INSERT INTO lettuce.job_history (",
     job_columns!(),
     ")
@@ -320,21 +331,8 @@ RETURNING id"
 /// heartbeat's figures); discarded and cancelled rows still move to the history. Two row writes
 /// per successful job (the claim's HOT update, the delete) instead of three.
 const FINISH_DROPPING_COMPLETED_SQL: &str = concat!(
-    "
-WITH done AS (
-    DELETE FROM lettuce.job_queue j
-     USING (SELECT u.*, $6::text AS me, 'running'::text AS running
-              FROM unnest($1::int8[], $2::int4[], $3::text[], $4::text[], $5::bool[])
-                   AS u(id, attempt, state, error, restore)
-            OFFSET 0) u
-     WHERE ",
-    fence!(),
-    "
-    RETURNING j.id, j.kind, j.queue, j.payload, j.priority, u.state,
-              CASE WHEN u.restore THEN j.attempt - 1 ELSE j.attempt END, j.max_attempts, j.run_at,
-              j.created_at, j.attempted_at, now(), j.locked_by, NULL::timestamptz,
-              lettuce.append_error(j.errors, j.attempt, u.error), j.unique_key, j.traceparent
-), kept AS (
+    finished_rows!(),
+    ", kept AS (
     INSERT INTO lettuce.job_history (",
     job_columns!(),
     ")
