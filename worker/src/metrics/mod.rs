@@ -45,7 +45,6 @@
 //! `process_*` series.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -60,8 +59,10 @@ use crate::heartbeat::HeartbeatHandle;
 
 mod process;
 mod scrape;
+mod series;
 
 use process::ProcessMetrics;
+pub use series::JobSeries;
 
 /// The longest label value written; longer ones are cut.
 pub const MAX_LABEL_LEN: usize = 128;
@@ -218,6 +219,8 @@ pub struct Metrics {
     attempt_duration: Family<KindQueue, Histogram, Buckets>,
     pickup_latency: Family<QueueLabel, Histogram, Buckets>,
     in_flight: Family<QueueLabel, Gauge>,
+    /// The attempt series per (kind, queue), see `series.rs`.
+    series: series::SeriesCache,
     queue_depth: Family<QueueState, Gauge>,
     listen_reconnects: Counter,
     task_restarts: Family<TaskLabel, Counter>,
@@ -391,6 +394,7 @@ impl Default for Metrics {
             attempt_duration,
             pickup_latency,
             in_flight,
+            series: Default::default(),
             queue_depth,
             listen_reconnects,
             task_restarts,
@@ -456,48 +460,6 @@ impl Metrics {
             let _ = self.oldest_available.get_or_create(&q);
             configured.push(label(name));
         }
-    }
-
-    /// An attempt started: `pickup` is the time from `run_at` to the claim.
-    pub fn attempt_started(&self, queue: &str, pickup: Duration) {
-        let q = QueueLabel {
-            queue: label(queue),
-        };
-        self.pickup_latency
-            .get_or_create(&q)
-            .observe(pickup.as_secs_f64());
-        self.in_flight.get_or_create(&q).inc();
-    }
-
-    /// An attempt ended with `outcome` after `took`.
-    pub fn attempt_finished(&self, kind: &str, queue: &str, outcome: &str, took: Duration) {
-        let (kind, queue) = (label(kind), label(queue));
-        self.in_flight
-            .get_or_create(&QueueLabel {
-                queue: queue.clone(),
-            })
-            .dec();
-        self.attempts
-            .get_or_create(&KindQueueOutcome {
-                kind: kind.clone(),
-                queue: queue.clone(),
-                outcome: label(outcome),
-            })
-            .inc();
-        self.attempt_duration
-            .get_or_create(&KindQueue { kind, queue })
-            .observe(took.as_secs_f64());
-    }
-
-    /// This process's write left a job of `kind` in final `state`.
-    pub fn job_final(&self, kind: &str, queue: &str, state: &str) {
-        self.final_states
-            .get_or_create(&KindQueueState {
-                kind: label(kind),
-                queue: label(queue),
-                state: label(state),
-            })
-            .inc();
     }
 
     /// A supervised task (`producer:<queue>`, `lease`, `listener`, `completer`, a maintenance

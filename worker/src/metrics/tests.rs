@@ -1,19 +1,19 @@
 //! Unit tests of the metrics: the rendered families and the label alphabet.
 
 use super::*;
+use std::time::Duration;
 
 #[tokio::test]
 async fn renders_every_family_with_labels() {
     let m = Metrics::default();
-    m.attempt_started("default", Duration::from_millis(30));
-    m.attempt_finished(
-        "diag.noop",
-        "default",
-        "completed",
-        Duration::from_millis(2),
-    );
-    m.attempt_started("default", Duration::from_millis(10));
-    m.job_final("diag.noop", "default", "completed");
+    let s = m.job_series("diag.noop", "default");
+    s.attempt_started(Duration::from_millis(30));
+    s.attempt_finished("completed", Duration::from_millis(2));
+    m.job_series("diag.noop", "default")
+        .attempt_started(Duration::from_millis(10));
+    s.job_final("completed");
+    // A label outside the known set still counts, under its own (sanitized) value.
+    m.job_series("diag.noop", "other\nq").attempt_finished("weird\"", Duration::ZERO);
     let text = m.render().await;
     assert!(text.contains(
         "lettuce_job_attempts_total{kind=\"diag.noop\",queue=\"default\",outcome=\"completed\"} 1"
@@ -30,6 +30,9 @@ async fn renders_every_family_with_labels() {
         "lettuce_job_attempt_duration_seconds_count{kind=\"diag.noop\",queue=\"default\"} 1"
     ));
     assert!(text.contains("# TYPE lettuce_listen_reconnects counter"));
+    assert!(text.contains(
+        "lettuce_job_attempts_total{kind=\"diag.noop\",queue=\"other_q\",outcome=\"weird_\"} 1"
+    ));
     assert!(text.trim_end().ends_with("# EOF"));
 }
 

@@ -41,7 +41,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::filter::{Targets, filter_fn};
+use tracing_subscriber::filter::{LevelFilter, Targets, filter_fn};
 use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::prelude::*;
@@ -158,35 +158,47 @@ fn log_filter_spec(rust_log: Option<&str>) -> String {
 
 fn install(format: LogFormat, provider: Option<&SdkTracerProvider>) {
     route_panics();
-    let otel = provider.map(otel_layer);
-    let log_filter = || {
-        let rust_log = std::env::var("RUST_LOG").ok();
-        EnvFilter::try_new(log_filter_spec(rust_log.as_deref()))
-            .unwrap_or_else(|_| EnvFilter::new(log_filter_spec(None)))
+    subscriber(format, provider).init();
+}
+
+/// The process's subscriber: the exporter layer (when spans are exported) and the log layer.
+fn subscriber(
+    format: LogFormat,
+    provider: Option<&SdkTracerProvider>,
+) -> Box<dyn tracing::Subscriber + Send + Sync> {
+    // Without an exporter the slot holds a layer that wants nothing. Not `None`: an absent
+    // `Option` layer declares interest in every callsite, so every span would be built (and
+    // `job_span` would format its name) for nobody — a tenth of the per-job CPU.
+    let otel: Box<dyn Layer<Registry> + Send + Sync> = match provider {
+        Some(p) => Box::new(otel_layer(p)),
+        None => Box::new(tracing_subscriber::layer::Identity::new().with_filter(LevelFilter::OFF)),
     };
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let log_filter = EnvFilter::try_new(log_filter_spec(rust_log.as_deref()))
+        .unwrap_or_else(|_| EnvFilter::new(log_filter_spec(None)));
     // Backend-only spans never reach the log layer, whatever RUST_LOG says.
-    let not_backend_only = || filter_fn(|m| m.target() != SPAN_TARGET);
+    let not_backend_only = filter_fn(|m| m.target() != SPAN_TARGET);
     let registry = tracing_subscriber::registry().with(otel);
     match format {
-        LogFormat::Json => registry
-            .with(
+        LogFormat::Json => Box::new(
+            registry.with(
                 tracing_subscriber::fmt::layer()
                     .json()
                     .map_event_format(JsonWithTraceIds)
                     .with_writer(crate::redact::stderr)
-                    .with_filter(log_filter())
-                    .with_filter(not_backend_only()),
-            )
-            .init(),
-        LogFormat::Human => registry
-            .with(
+                    .with_filter(log_filter)
+                    .with_filter(not_backend_only),
+            ),
+        ),
+        LogFormat::Human => Box::new(
+            registry.with(
                 tracing_subscriber::fmt::layer()
                     .with_ansi(colour())
                     .with_writer(crate::redact::stderr)
-                    .with_filter(log_filter())
-                    .with_filter(not_backend_only()),
-            )
-            .init(),
+                    .with_filter(log_filter)
+                    .with_filter(not_backend_only),
+            ),
+        ),
     }
 }
 

@@ -20,6 +20,24 @@ fn attr(span: &opentelemetry_sdk::trace::SpanData, key: &str) -> Option<String> 
 }
 
 #[test]
+fn job_and_sql_spans_are_not_built_when_nothing_exports_them_whatever_the_log_level() {
+    let quiet = subscriber(LogFormat::Json, None);
+    tracing::subscriber::with_default(quiet, || {
+        assert!(job_span(1, "diag.noop", "default", 1, None, None).is_disabled());
+        assert!(sql_span("db.claim_batch", "UPDATE", "lettuce.job_queue", "UPDATE x").is_disabled());
+        // The log layer still takes this crate's events: only the backend spans are gone.
+        assert!(tracing::enabled!(target: "lettuce_worker", tracing::Level::ERROR));
+    });
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    tracing::subscriber::with_default(subscriber(LogFormat::Human, Some(&provider)), || {
+        assert!(!job_span(1, "diag.noop", "default", 1, None, None).is_disabled());
+    });
+}
+
+#[test]
 fn job_span_has_contract_names_and_remote_parent() {
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let spans = with_exporter(|| {

@@ -25,6 +25,7 @@ use crate::db::jobs::{ArtifactRow, ClaimedJob, Completion};
 use crate::db::repositories::RepositoryIndexed;
 use crate::db::{self, DbError};
 use crate::job::{JobState, Transition};
+use crate::metrics::JobSeries;
 use crate::observability::condition::Condition;
 
 /// The `/readyz` condition set while outcomes cannot be written.
@@ -48,6 +49,8 @@ pub(crate) struct Finished {
     pub slot: OwnedSemaphorePermit,
     /// How long the attempt ran, for the metrics counted once the write is accepted.
     pub ran_for: Duration,
+    /// Where those metrics go.
+    pub series: Arc<JobSeries>,
 }
 
 /// Writes outcomes until `closed` fires (every executor has finished) and the channel is empty.
@@ -309,13 +312,9 @@ async fn write(shared: &Shared, state: &mut WriteState, batch: &mut Vec<Finished
         } else {
             f.outcome.label()
         };
-        shared
-            .metrics
-            .attempt_finished(&f.job.kind, &f.job.queue, label, f.ran_for);
+        f.series.attempt_finished(label, f.ran_for);
         if state.is_final() {
-            shared
-                .metrics
-                .job_final(&f.job.kind, &f.job.queue, state.as_str());
+            f.series.job_final(state.as_str());
         }
         match state {
             JobState::Completed => shared.stats.completed.fetch_add(1, Ordering::Relaxed),

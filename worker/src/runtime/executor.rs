@@ -48,9 +48,8 @@ pub(crate) fn spawn(shared: &Arc<Shared>, mut job: ClaimedJob, permit: OwnedSema
     // The handler takes the payload; nothing after the attempt reads it.
     let payload = std::mem::take(&mut job.payload);
     let pickup = (job.attempted_at - job.run_at).max(time::Duration::ZERO);
-    shared
-        .metrics
-        .attempt_started(&job.queue, pickup.unsigned_abs());
+    let series = shared.metrics.job_series(&job.kind, &job.queue);
+    series.attempt_started(pickup.unsigned_abs());
     shared.executors.spawn(async move {
         let started = Instant::now();
         let outcome = match &job.undecodable {
@@ -90,14 +89,14 @@ pub(crate) fn spawn(shared: &Arc<Shared>, mut job: ClaimedJob, permit: OwnedSema
                     outcome,
                     slot: permit,
                     ran_for,
+                    series,
                 });
             }
             None => {
                 // Nothing to write: the database already says what happened. The slot is
                 // freed as `permit` drops here.
                 s.inflight.lock().expect("inflight lock").remove(&job.id);
-                s.metrics
-                    .attempt_finished(&job.kind, &job.queue, label, ran_for);
+                series.attempt_finished(label, ran_for);
                 if by_operator {
                     s.stats.cancelled_running.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(

@@ -16,7 +16,6 @@ pub mod periodic;
 pub mod producer;
 pub(crate) mod supervise;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,8 +36,9 @@ use crate::heartbeat::{self, HeartbeatConfig, HeartbeatHandle};
 use outcome::RetryPolicy;
 
 /// Attempts in flight in this process, by job id. The lease keeper reads it; executors add;
-/// the completer removes once the outcome is written.
-pub type Inflight = Arc<std::sync::Mutex<HashMap<i64, Held>>>;
+/// the completer removes once the outcome is written. Keyed by id with the Fx hash (a multiply
+/// per key: ids are ours, not an attacker's, and SipHash was a visible share of the per-job CPU).
+pub type Inflight = Arc<std::sync::Mutex<rustc_hash::FxHashMap<i64, Held>>>;
 
 /// One attempt this process holds.
 #[derive(Debug, Clone)]

@@ -25,7 +25,7 @@
 #[path = "bench/held.rs"]
 mod held;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -52,6 +52,9 @@ struct Opts {
     peer: bool,
     /// Also measure through PgBouncer in transaction mode.
     pooled: bool,
+    /// Another worker binary (an earlier build) burned down in the same rounds, 1 and 2
+    /// processes, so a change is measured against what it replaced in one sitting.
+    against: Option<PathBuf>,
     write: Option<PathBuf>,
     args: String,
 }
@@ -69,6 +72,7 @@ impl Opts {
             concurrency: 1000,
             peer: true,
             pooled: false,
+            against: None,
             write: None,
             // The command line as shown in BENCHMARKS.md, without where it is written.
             args: shown_args(&raw),
@@ -85,6 +89,7 @@ impl Opts {
                 "--concurrency" => o.concurrency = value("--concurrency")?.parse()?,
                 "--no-peer" => o.peer = false,
                 "--pooled" => o.pooled = true,
+                "--against" => o.against = Some(PathBuf::from(value("--against")?)),
                 "--write" => o.write = Some(PathBuf::from(value("--write")?)),
                 s if s.starts_with("--") => bail!("unknown option {s}"),
                 s => o.scenarios.push(s.to_string()),
@@ -391,6 +396,12 @@ async fn enqueue_rust(c: &Client, n: i64, chunk: i64) -> Result<()> {
     Ok(())
 }
 
+/// The slowest pickup of a round and how long its job's enqueue statement took.
+struct Slowest {
+    pickup_ms: f64,
+    enqueue_ms: f64,
+}
+
 /// Latency percentiles in ms: (p50, p99, max).
 async fn pickup_percentiles(c: &Client, sql_interval: &str, from: &str) -> Result<(f64, f64, f64)> {
     let r = c
@@ -476,7 +487,12 @@ impl Bench {
 
     /// [`Bench::spawn_worker`] with `extra` variables on top of [`Bench::worker_env`].
     fn spawn_worker_with(&self, db: &TestDb, via: Via, extra: &[(&str, &str)]) -> Result<Proc> {
-        let mut cmd = Command::new(&self.worker_bin);
+        self.spawn_bin(&self.worker_bin, db, via, extra)
+    }
+
+    /// [`Bench::spawn_worker_with`] running `bin` instead of this build's worker.
+    fn spawn_bin(&self, bin: &Path, db: &TestDb, via: Via, extra: &[(&str, &str)]) -> Result<Proc> {
+        let mut cmd = Command::new(bin);
         cmd.arg("run")
             .env_clear()
             .envs(self.worker_env(db, via))
@@ -655,6 +671,18 @@ impl Bench {
         via: Via,
         keep_completed: bool,
     ) -> Result<(f64, f64, u64)> {
+        self.burn_bin(&self.worker_bin, procs, via, keep_completed)
+            .await
+    }
+
+    /// [`Bench::burn_ours`] with the worker binary `bin`.
+    async fn burn_bin(
+        &self,
+        bin: &Path,
+        procs: usize,
+        via: Via,
+        keep_completed: bool,
+    ) -> Result<(f64, f64, u64)> {
         let n = self.opts.jobs;
         let (db, c) = fresh_db(true).await?;
         enqueue_rust(&c, n, 5000).await?;
@@ -666,7 +694,7 @@ impl Bench {
             &[("LETTUCE_JOB_RETENTION", "completed=0")]
         };
         for _ in 0..procs {
-            workers.push(self.spawn_worker_with(&db, via, extra)?);
+            workers.push(self.spawn_bin(bin, &db, via, extra)?);
         }
         let mut first_ready: Option<Instant> = None;
         for w in &mut workers {
@@ -823,6 +851,9 @@ impl Bench {
             if self.bouncer.is_some() {
                 turns.push("pooled-2");
             }
+            if self.opts.against.is_some() {
+                turns.extend(["against-1", "against-2"]);
+            }
             if round % 2 == 1 {
                 turns.reverse();
             }
@@ -836,6 +867,11 @@ impl Bench {
                     "graphile" if self.peer.is_some() => self.burn_graphile().await?,
                     "graphile" => continue,
                     "pooled-2" => self.burn_ours(2, Via::Pooled, true).await?.0,
+                    "against-1" | "against-2" => {
+                        let bin = self.opts.against.as_deref().expect("--against");
+                        let procs = if t == "against-1" { 1 } else { 2 };
+                        self.burn_bin(bin, procs, Via::Direct, true).await?.0
+                    }
                     _ => {
                         let procs: usize = t[5..].parse()?;
                         let (wall, dbt, h) = self.burn_ours(procs, Via::Direct, true).await?;
@@ -901,6 +937,11 @@ impl Bench {
             "graphile" => {
                 "graphile-worker 0.18 batched (concurrency 50, local queue 500)".to_string()
             }
+            "against-1" | "against-2" => format!(
+                "`--against` worker ({}), {} process(es)",
+                self.opts.against.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+                &t[8..]
+            ),
             _ => t.to_string(),
         }
         };
@@ -915,6 +956,8 @@ impl Bench {
             "raw-ours",
             "raw-drop",
             "graphile",
+            "against-1",
+            "against-2",
         ] {
             let Some(v) = figures.get(t) else { continue };
             let r = if t.starts_with("ours") || t.starts_with("pooled") || t == "drop-2" {
@@ -954,6 +997,14 @@ impl Bench {
         );
         body.push_str(&targets);
         body.push('\n');
+        if figures.contains_key("against-1") {
+            writeln!(
+                body,
+                "\nThis build ÷ the `--against` build, same rounds: 1 process **{:.2}**, 2 processes **{:.2}**",
+                ratio("ours-1", "against-1"),
+                ratio("ours-2", "against-2")
+            )?;
+        }
         if figures.contains_key("drop-2") {
             writeln!(
                 body,
@@ -980,21 +1031,44 @@ impl Bench {
     // ----- idle pickup latency -------------------------------------------------------------
 
     /// One job at a time into an idle worker, 200 times, 15–35 ms apart; (p50, p99, max) of
-    /// run_at → claim.
-    async fn pickup_ours(&self, via: Via) -> Result<(f64, f64, f64)> {
+    /// run_at → claim, and the slowest pickup with how long its own enqueue statement took.
+    async fn pickup_ours(&self, via: Via) -> Result<((f64, f64, f64), Slowest)> {
         let (db, c) = fresh_db(true).await?;
         settle(&c).await?;
         let mut w = self.spawn_worker(&db, via)?;
         w.wait_ready(Duration::from_secs(30)).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let stmt = c.prepare("SELECT lettuce.enqueue('diag.noop')").await?;
+        // How long each enqueue statement took (its commit included), by job id: `run_at` is
+        // the enqueuing transaction's start, so a slow commit (a WAL flush stuck behind a
+        // checkpoint, say) counts as pickup latency although no worker could see the job yet.
+        let mut enqueue_ms: HashMap<i64, f64> = HashMap::new();
         for _ in 0..200 {
-            c.query_one(&stmt, &[]).await?;
+            let sent = Instant::now();
+            let id: i64 = c.query_one(&stmt, &[]).await?.get(0);
+            enqueue_ms.insert(id, sent.elapsed().as_secs_f64() * 1000.0);
             tokio::time::sleep(Duration::from_millis(15 + rand::random::<u64>() % 20)).await;
         }
         wait_empty(&c, OURS_LEFT, Duration::from_secs(30)).await?;
         w.stop().await;
-        pickup_percentiles(&c, "attempted_at - run_at", "lettuce.jobs").await
+        let worst = c
+            .query_one(
+                "SELECT id, (extract(epoch FROM attempted_at - run_at) * 1000)::float8
+                   FROM lettuce.jobs ORDER BY attempted_at - run_at DESC LIMIT 1",
+                &[],
+            )
+            .await?;
+        let slowest = Slowest {
+            pickup_ms: worst.get(1),
+            enqueue_ms: enqueue_ms
+                .get(&worst.get::<_, i64>(0))
+                .copied()
+                .unwrap_or(f64::NAN),
+        };
+        Ok((
+            pickup_percentiles(&c, "attempted_at - run_at", "lettuce.jobs").await?,
+            slowest,
+        ))
     }
 
     async fn pickup_graphile(&self) -> Result<(f64, f64, f64)> {
@@ -1042,6 +1116,7 @@ impl Bench {
         let mut ours: Vec<(f64, f64, f64)> = Vec::new();
         let mut peer: Vec<(f64, f64, f64)> = Vec::new();
         let mut pooled: Vec<(f64, f64, f64)> = Vec::new();
+        let mut slowest: Vec<Slowest> = Vec::new();
         for round in 0..self.opts.rounds {
             let mut turns = vec!["ours", "graphile"];
             if self.bouncer.is_some() {
@@ -1052,8 +1127,12 @@ impl Bench {
             }
             for t in turns {
                 match t {
-                    "ours" => ours.push(self.pickup_ours(Via::Direct).await?),
-                    "pooled" => pooled.push(self.pickup_ours(Via::Pooled).await?),
+                    "ours" => {
+                        let (p, s) = self.pickup_ours(Via::Direct).await?;
+                        ours.push(p);
+                        slowest.push(s);
+                    }
+                    "pooled" => pooled.push(self.pickup_ours(Via::Pooled).await?.0),
                     _ if self.peer.is_some() => peer.push(self.pickup_graphile().await?),
                     _ => {}
                 }
@@ -1087,6 +1166,17 @@ impl Bench {
                 col(&v[..], |x| x.2)
             )?;
         }
+        writeln!(
+            body,
+            "\nSlowest lettuce pickup per round, with how long its own `lettuce.enqueue` statement \
+             took (commit included; `run_at` is that transaction's start, so this much of the pickup \
+             passed before any worker could see the job): {}",
+            slowest
+                .iter()
+                .map(|s| format!("{:.2} ms (enqueue {:.2} ms)", s.pickup_ms, s.enqueue_ms))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )?;
         writeln!(
             body,
             "\nPer round (p50/p99): lettuce {}; through PgBouncer {}; graphile-worker {}",
