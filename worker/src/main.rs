@@ -3,12 +3,6 @@
 
 use std::process::ExitCode;
 
-/// mimalloc instead of glibc's malloc: every job allocates a task, a cancellation token and its
-/// row's strings, and glibc's arenas (aligned allocations for tokio's task cells above all) were
-/// a sixth of the worker's CPU per job (BENCHMARKS.md, "Issue 18").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     lettuce_worker::cli::main_with(|_| {}).await
