@@ -1332,9 +1332,14 @@ impl Bench {
         Ok(())
     }
 
-    async fn xmin(&self, report: &mut Report) -> Result<()> {
-        let mut clean = Vec::new();
-        let mut held = Vec::new();
+    /// Runs `run(false)` (clean) and `run(true)` (with a held transaction) in alternating order,
+    /// `--steady-rounds` times; returns (clean runs, held runs).
+    async fn clean_and_held<T>(
+        &self,
+        name: &str,
+        mut run: impl AsyncFnMut(bool) -> Result<T>,
+    ) -> Result<(Vec<T>, Vec<T>)> {
+        let (mut clean, mut held) = (Vec::new(), Vec::new());
         for round in 0..self.opts.steady_rounds.max(1) {
             let order = if round % 2 == 0 {
                 [false, true]
@@ -1342,11 +1347,18 @@ impl Bench {
                 [true, false]
             };
             for h in order {
-                eprintln!("bench: xmin held={h}");
-                let s = self.steady_once(1000, h).await?;
-                if h { held.push(s) } else { clean.push(s) }
+                eprintln!("bench: {name} held={h}");
+                let r = run(h).await?;
+                if h { held.push(r) } else { clean.push(r) }
             }
         }
+        Ok((clean, held))
+    }
+
+    async fn xmin(&self, report: &mut Report) -> Result<()> {
+        let (clean, held) = self
+            .clean_and_held("xmin", async |h| self.steady_once(1000, h).await)
+            .await?;
         let ratio = median(
             &clean
                 .iter()

@@ -316,6 +316,8 @@ WITH done AS (
 /// reached only through `j.id = ANY($1)` (estimated at the batch size) and the fence values
 /// come from the batch side (`OFFSET 0` keeps them from being folded back into restrictions),
 /// so the join is hashed.
+/// (`scripts/claim-complete-explain` EXPLAINs a hand-written copy of this text and of CLAIM_SQL:
+/// change it with them.)
 const FINISH_SQL: &str = concat!(
     finished_rows!(),
     "

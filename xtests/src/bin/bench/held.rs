@@ -156,20 +156,9 @@ impl Bench {
     }
 
     pub(super) async fn held(&self, report: &mut Report) -> Result<()> {
-        let mut clean = Vec::new();
-        let mut held = Vec::new();
-        for round in 0..self.opts.steady_rounds.max(1) {
-            let order = if round % 2 == 0 {
-                [false, true]
-            } else {
-                [true, false]
-            };
-            for h in order {
-                eprintln!("bench: held xid={h}");
-                let r = self.held_once(h).await?;
-                if h { held.push(r) } else { clean.push(r) }
-            }
-        }
+        let (clean, held) = self
+            .clean_and_held("held xid", async |h| self.held_once(h).await)
+            .await?;
         let ratio = |f: fn(&HeldRun) -> f64| {
             median(
                 &clean
